@@ -1,0 +1,111 @@
+"""Proxy latency with vs without the logger, interleaved A/B in one run, plus
+response-to-row-visible latency under that load.
+
+A: `litellm` with callbacks: litellm_pglog.callback.proxy_handler_instance (+ custom_auth)
+B: the same config without the callback (custom_auth kept, so only the logger differs)
+Both run at the same time against the same stub; C client threads each alternate A and B
+(order flipped every call). Visibility: a poller reads new request rows every 10 ms; the delay
+is first-seen minus the moment the client had the response (matched by x-litellm-call-id).
+Targets: p50(A) - p50(B) <= 0.5 ms; visibility p99 <= 1000 ms. Prints JSON."""
+
+import json
+import shutil
+import os
+import sys
+import tempfile
+import threading
+import time
+
+from _rig import migrated_cluster, percentile
+
+from pgcluster import DB  # noqa: E402
+from proxyrig import TEAM_KEY, Proxy, Stub, http  # noqa: E402
+
+
+def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[2]) if len(sys.argv) > 2 else 4):
+    cluster = migrated_cluster()
+    stub = Stub()
+    tmp = tempfile.mkdtemp(prefix="pglog-ab-")
+    a = Proxy(os.path.join(tmp, "a"), stub.port, cluster.env())
+    b = Proxy(os.path.join(tmp, "b"), stub.port, cluster.env())
+    with open(b.config) as fh:
+        cfg = fh.read()
+    with open(b.config, "w") as fh:
+        fh.write(cfg.replace("  callbacks: litellm_pglog.callback.proxy_handler_instance\n", ""))
+    seen: dict[str, float] = {}
+    received: dict[str, float] = {}
+    lat = {"a": [], "b": []}
+    stop = threading.Event()
+
+    def poll():
+        last = 0
+        with cluster.admin(DB) as conn:
+            cur = conn.cursor()
+            while not stop.is_set():
+                cur.execute("SELECT id, call_id FROM requests WHERE id > %s ORDER BY id", (last,))
+                now = time.time()
+                for rid, call_id in cur.fetchall():
+                    seen.setdefault(call_id, now)
+                    last = max(last, rid)
+                time.sleep(0.01)
+
+    def client(k):
+        for i in range(n // clients):
+            order = (a, b) if (i + k) % 2 == 0 else (b, a)
+            for p in order:
+                body = {"model": "gpt-stub", "messages": [{"role": "user", "content": f"ab {k} {i} lorem ipsum"}]}
+                t0 = time.perf_counter()
+                status, headers, _ = http("POST", p.url + "/v1/chat/completions", body, TEAM_KEY)
+                dt_ms = (time.perf_counter() - t0) * 1000
+                assert status == 200
+                lat["a" if p is a else "b"].append(dt_ms)
+                if p is a:
+                    received[headers.get("x-litellm-call-id")] = time.time()
+
+    try:
+        a.start()
+        b.start()
+        for p in (a, b):  # warm-up: first calls are slow (~800 ms)
+            for _ in range(10):
+                http("POST", p.url + "/v1/chat/completions",
+                     {"model": "gpt-stub", "messages": [{"role": "user", "content": "warm"}]}, TEAM_KEY)
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - t0
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all(c in seen for c in received):
+            time.sleep(0.05)
+        stop.set()
+        vis = [(seen[c] - r) * 1000 for c, r in received.items() if c in seen]
+        missing = sum(1 for c in received if c not in seen)
+        pa, pb = percentile(lat["a"], 50), percentile(lat["b"], 50)
+        print(json.dumps({
+            "bench": "proxy_ab", "calls_per_proxy": len(lat["a"]), "clients": clients,
+            "req_per_s_total": round((len(lat["a"]) + len(lat["b"])) / wall, 1),
+            "with_logger_p50_ms": round(pa, 2), "without_logger_p50_ms": round(pb, 2),
+            "p50_diff_ms": round(pa - pb, 2), "target_p50_diff_ms": 0.5,
+            "with_logger_p99_ms": round(percentile(lat["a"], 99), 2),
+            "without_logger_p99_ms": round(percentile(lat["b"], 99), 2),
+            "visible_p50_ms": round(percentile(vis, 50), 1), "visible_p99_ms": round(percentile(vis, 99), 1),
+            "visible_max_ms": round(max(vis), 1), "target_visible_p99_ms": 1000, "not_visible": missing,
+        }))
+    finally:
+        stop.set()
+        for p in (a, b):
+            try:
+                p.stop()
+            except Exception:
+                p.kill()
+        stub.stop()
+        cluster.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

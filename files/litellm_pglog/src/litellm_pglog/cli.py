@@ -1,0 +1,192 @@
+"""`litellm-pglog`: migrate, status, replay, evidence. Connection from the PGLOG_* environment.
+
+Exit codes: 0 ok, 1 the command ran and found a problem (e.g. schema mismatch in status),
+2 usage/configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import decimal
+import glob
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from sqlalchemy import text
+
+from . import evidence as ev
+from .config import ConfigError, Settings
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (dt.datetime, dt.date)):
+        return o.isoformat()
+    if isinstance(o, decimal.Decimal):
+        return float(o)
+    return str(o)
+
+
+def _dump(obj: Any) -> None:
+    print(json.dumps(obj, default=_json_default, sort_keys=True))
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, dt.datetime):
+        return v.isoformat(sep=" ", timespec="milliseconds")
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, decimal.Decimal):
+        return format(v.normalize(), "f")
+    return str(v)
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """psql-like aligned table."""
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = lambda vals: " " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    out = [line(list(columns)), "-" + "-+-".join("-" * w for w in widths) + "-"]
+    out += [line(r) for r in cells]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)
+
+
+def _engine(settings: Settings):  # noqa: ANN202
+    from .engine import make_engine
+
+    return make_engine(settings, log_connect=False)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from .schema import migrate
+
+    engine = _engine(settings)
+    try:
+        _dump(migrate(engine, args.grant_to))
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from .schema import code_head, db_revision
+    from .spool import Spool
+
+    out: dict[str, Any] = {"code_revision": code_head()}
+    try:
+        engine = _engine(settings)
+        with engine.connect() as conn:
+            out["db_revision"] = db_revision(conn)
+        engine.dispose()
+    except Exception as exc:  # status must report, not crash, when the DB is away
+        out["db_revision"] = None
+        out["db_error"] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    spool = Spool(settings.spool_dir, settings.spool_max_mb)
+    out["spool_segments"] = len(spool.segments())
+    out["spool_bytes"] = spool.size_bytes()
+    out["rejected_records"] = spool.rejected_count()
+    stats = {}
+    for path in sorted(glob.glob(os.path.join(settings.state_dir, "stats-*.json"))):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                stats[os.path.basename(path)] = json.load(fh)
+        except (OSError, ValueError):
+            continue
+    out["stats"] = stats
+    out["in_sync"] = out["db_revision"] == out["code_revision"]
+    if args.json:
+        _dump(out)
+    else:
+        for k in ("code_revision", "db_revision", "in_sync", "spool_segments", "spool_bytes", "rejected_records"):
+            print(f"{k}: {out[k]}")
+        if "db_error" in out:
+            print(f"db_error: {out['db_error']}")
+        for name, s in stats.items():
+            print(f"{name}: online={s.get('online')} counters={json.dumps(s.get('counters'), sort_keys=True)}"
+                  f" pool={json.dumps(s.get('pool'), sort_keys=True)}")
+    return 0 if out["in_sync"] else 1
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from .writer import Writer
+
+    writer = Writer(settings)
+    writer.start()  # replays the spool (all pids) in its thread, then waits for records
+    writer.stop(timeout=settings.drain_timeout_s)
+    _dump({"replayed": writer.counters["replayed"], "duplicates": writer.counters["duplicates"],
+           "failed": writer.counters["failed"], "spool_segments_left": len(writer.spool.segments())})
+    return 0 if not writer.spool.segments() else 1
+
+
+def cmd_evidence(args: argparse.Namespace, settings: Settings) -> int:
+    engine = _engine(settings)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SET TRANSACTION READ ONLY"))
+            if args.what == "requests-head":
+                res = ev.requests_head(conn, args.tag, args.limit)
+            elif args.what == "responses-head":
+                res = ev.responses_head(conn, args.tag, args.limit)
+            else:
+                res = ev.join_check(conn, args.tag, args.expected)
+    finally:
+        engine.dispose()
+    if args.json:
+        if "rows" in res:
+            res["rows"] = [dict(zip(res["columns"], r)) for r in res["rows"]]
+        _dump(res)
+        return 0
+    if args.what == "join-check":
+        print(f"join check for tag {args.tag}")
+        print(table(["metric", "value"], [(k, v) for k, v in res.items() if k != "tag"]))
+    else:
+        print(f"{args.what} for tag {args.tag} (first {args.limit} rows by id)")
+        print(table(res["columns"], res["rows"]))
+        print(f"count: {res['count']}")
+        if "totals" in res:
+            print(table(list(res["totals"].keys()), [tuple(res["totals"].values())]))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="litellm-pglog", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("migrate", help="Alembic upgrade to head (as the schema owner), grants")
+    m.add_argument("--grant-to", metavar="ROLE", help="role to grant SELECT, INSERT and sequence USAGE")
+    s = sub.add_parser("status", help="revision in DB vs code, spool depth, counters")
+    s.add_argument("--json", action="store_true")
+    sub.add_parser("replay", help="replay spooled batches into the database")
+    e = sub.add_parser("evidence", help="evidence queries for a tagged run")
+    e.add_argument("what", choices=("requests-head", "responses-head", "join-check"))
+    e.add_argument("--tag", required=True)
+    e.add_argument("--expected", type=int, help="number of calls the run made (join-check)")
+    e.add_argument("--limit", type=int, default=20)
+    e.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"litellm-pglog: configuration error: {exc}", file=sys.stderr)
+        return 2
+    handler = {"migrate": cmd_migrate, "status": cmd_status, "replay": cmd_replay, "evidence": cmd_evidence}
+    try:
+        return handler[args.cmd](args, settings)
+    except ValueError as exc:
+        print(f"litellm-pglog: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # SchemaMismatch from replay
+        print(f"litellm-pglog: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

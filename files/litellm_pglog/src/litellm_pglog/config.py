@@ -1,0 +1,105 @@
+"""Settings from the environment (the gateway's env file). Nothing else configures the package."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+
+class ConfigError(ValueError):
+    """A PGLOG_* variable is missing or malformed."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from exc
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_host: str
+    db_port: int
+    db_name: str
+    db_user: str
+    db_password: str
+    sslmode: str
+    sslrootcert: str | None
+    channel_binding: str
+    connect_timeout_s: int
+    pool_size: int
+    max_overflow: int
+    pool_recycle_s: int
+    batch_size: int
+    flush_ms: int
+    spool_dir: str
+    spool_max_mb: int
+    memory_max_records: int
+    state_dir: str
+    stats_interval_s: float
+    drain_timeout_s: float
+    max_payload_bytes: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        missing = [n for n in ("PGLOG_DB_HOST", "PGLOG_DB_NAME", "PGLOG_DB_USER") if not env.get(n)]
+        if missing:
+            raise ConfigError("missing environment: " + ", ".join(missing))
+        sslmode = env.get("PGLOG_DB_SSLMODE", "").strip() or "verify-full"
+        if sslmode not in _SSLMODES:
+            raise ConfigError(f"PGLOG_DB_SSLMODE={sslmode!r} is not one of {', '.join(_SSLMODES)}")
+        # channel_binding=require makes libpq refuse any authentication but SCRAM-SHA-256-PLUS:
+        # a connection that succeeds with it is client-side proof of SCRAM (see engine.py).
+        # It needs TLS, so without TLS the libpq default 'prefer' applies.
+        tls = sslmode in ("require", "verify-ca", "verify-full")
+        channel_binding = env.get("PGLOG_DB_CHANNEL_BINDING", "").strip() or ("require" if tls else "prefer")
+        if channel_binding not in ("disable", "prefer", "require"):
+            raise ConfigError(f"PGLOG_DB_CHANNEL_BINDING={channel_binding!r} is not disable|prefer|require")
+        return cls(
+            db_host=env["PGLOG_DB_HOST"],
+            db_port=_int(env, "PGLOG_DB_PORT", 5432, 1),
+            db_name=env["PGLOG_DB_NAME"],
+            db_user=env["PGLOG_DB_USER"],
+            db_password=env.get("PGLOG_DB_PASSWORD", ""),
+            sslmode=sslmode,
+            sslrootcert=env.get("PGLOG_DB_SSLROOTCERT") or None,
+            channel_binding=channel_binding,
+            connect_timeout_s=_int(env, "PGLOG_DB_CONNECT_TIMEOUT_S", 5, 1),
+            pool_size=_int(env, "PGLOG_POOL_SIZE", 5, 1),
+            max_overflow=_int(env, "PGLOG_MAX_OVERFLOW", 2, 0),
+            pool_recycle_s=_int(env, "PGLOG_POOL_RECYCLE_S", 1800, 1),
+            batch_size=_int(env, "PGLOG_BATCH_SIZE", 500, 1),
+            flush_ms=_int(env, "PGLOG_FLUSH_MS", 200, 1),
+            spool_dir=env.get("PGLOG_SPOOL_DIR") or "/var/lib/litellm-gateway/spool",
+            spool_max_mb=_int(env, "PGLOG_SPOOL_MAX_MB", 512, 1),
+            memory_max_records=_int(env, "PGLOG_MEMORY_MAX_RECORDS", 100_000, 1),
+            state_dir=env.get("PGLOG_STATE_DIR") or "/var/lib/litellm-gateway",
+            stats_interval_s=_float(env, "PGLOG_STATS_INTERVAL_S", 60.0, 0.1),
+            drain_timeout_s=_float(env, "PGLOG_DRAIN_TIMEOUT_S", 20.0, 0.0),
+            max_payload_bytes=_int(env, "PGLOG_MAX_PAYLOAD_BYTES", 262_144, 1024),
+        )

@@ -1,0 +1,96 @@
+"""The SQL of the evidence files (validate.yml calls `litellm-pglog evidence ...`).
+
+Every number comes from one query against the live tables; nothing is computed elsewhere.
+A run is the set of request rows whose `tags` JSONB array contains the run tag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+REQUESTS_HEAD = text("""
+SELECT q.id, q.call_id, q.created_at, q.logged_at, q.model, q.call_type, q.stream,
+       left(q.api_key_hash, 12) AS api_key_hash12, q.end_user, q.tags,
+       octet_length(q.payload::text) AS payload_bytes
+FROM requests q
+WHERE q.tags @> jsonb_build_array(CAST(:tag AS text))
+ORDER BY q.id
+LIMIT :limit
+""")
+
+REQUESTS_COUNT = text("SELECT count(*) FROM requests WHERE tags @> jsonb_build_array(CAST(:tag AS text))")
+
+RESPONSES_HEAD = text("""
+SELECT r.id, r.request_id, q.call_id, r.created_at, r.status, r.prompt_tokens,
+       r.completion_tokens, r.total_tokens, r.cost_usd, round(r.latency_ms::numeric, 1) AS latency_ms
+FROM responses r JOIN requests q ON q.id = r.request_id
+WHERE q.tags @> jsonb_build_array(CAST(:tag AS text))
+ORDER BY r.id
+LIMIT :limit
+""")
+
+RESPONSES_TOTALS = text("""
+SELECT count(*) AS responses,
+       count(*) FILTER (WHERE r.status = 'success') AS success,
+       count(*) FILTER (WHERE r.status = 'failure') AS failure,
+       coalesce(sum(r.prompt_tokens), 0) AS prompt_tokens,
+       coalesce(sum(r.completion_tokens), 0) AS completion_tokens,
+       coalesce(sum(r.total_tokens), 0) AS total_tokens,
+       coalesce(sum(r.cost_usd), 0) AS cost_usd
+FROM responses r JOIN requests q ON q.id = r.request_id
+WHERE q.tags @> jsonb_build_array(CAST(:tag AS text))
+""")
+
+JOIN_CHECK = text("""
+WITH run AS (
+    SELECT q.id, q.call_id, q.logged_at FROM requests q
+    WHERE q.tags @> jsonb_build_array(CAST(:tag AS text))
+), pairs AS (
+    SELECT run.id, count(r.id) AS n, max(r.created_at) AS responded_at, run.logged_at
+    FROM run LEFT JOIN responses r ON r.request_id = run.id
+    GROUP BY run.id, run.logged_at
+), delays AS (
+    SELECT extract(epoch FROM (logged_at - responded_at)) * 1000.0 AS ms FROM pairs WHERE n = 1
+)
+SELECT
+    (SELECT count(*) FROM run) AS request_rows,
+    (SELECT count(*) FROM responses r JOIN run ON run.id = r.request_id) AS response_rows,
+    (SELECT count(*) FROM pairs WHERE n = 1) AS matched_pairs,
+    (SELECT count(*) FROM pairs WHERE n = 0) AS requests_without_response,
+    (SELECT count(*) FROM pairs WHERE n > 1) AS requests_with_several_responses,
+    (SELECT count(*) FROM responses r LEFT JOIN requests q ON q.id = r.request_id WHERE q.id IS NULL)
+        AS responses_without_request,
+    (SELECT count(*) - count(DISTINCT call_id) FROM run) AS duplicate_call_ids,
+    (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FROM delays) AS delay_p50_ms,
+    (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FROM delays) AS delay_p99_ms,
+    (SELECT max(ms) FROM delays) AS delay_max_ms
+""")
+
+
+def _rows(conn: Connection, stmt: Any, **params: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+    result = conn.execute(stmt, params)
+    return list(result.keys()), [tuple(r) for r in result]
+
+
+def requests_head(conn: Connection, tag: str, limit: int) -> dict[str, Any]:
+    cols, rows = _rows(conn, REQUESTS_HEAD, tag=tag, limit=limit)
+    count = conn.execute(REQUESTS_COUNT, {"tag": tag}).scalar_one()
+    return {"tag": tag, "columns": cols, "rows": rows, "count": count}
+
+
+def responses_head(conn: Connection, tag: str, limit: int) -> dict[str, Any]:
+    cols, rows = _rows(conn, RESPONSES_HEAD, tag=tag, limit=limit)
+    totals = dict(conn.execute(RESPONSES_TOTALS, {"tag": tag}).mappings().one())
+    return {"tag": tag, "columns": cols, "rows": rows, "count": totals["responses"], "totals": totals}
+
+
+def join_check(conn: Connection, tag: str, expected: int | None) -> dict[str, Any]:
+    m = dict(conn.execute(JOIN_CHECK, {"tag": tag}).mappings().one())
+    base = max(expected or 0, m["request_rows"], m["response_rows"])
+    integrity = round(100.0 * m["matched_pairs"] / base, 2) if base else 0.0
+    out: dict[str, Any] = {"tag": tag, "expected_calls": expected, **m, "integrity_pct": integrity}
+    for k in ("delay_p50_ms", "delay_p99_ms", "delay_max_ms"):
+        out[k] = None if out[k] is None else round(float(out[k]), 1)
+    return out

@@ -1,0 +1,91 @@
+"""Schema management: Alembic upgrade as the owner, grants for the writer, revision check.
+
+`migrate()` is idempotent: a second run changes nothing and says so (`changed: false`).
+The writer role gets exactly SELECT, INSERT on requests and responses, USAGE on their identity
+sequences, and SELECT on alembic_version (so the logger can check the revision at start).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, text
+
+TABLES = ("requests", "responses")
+
+
+class SchemaMismatch(RuntimeError):
+    """The database is not at the revision this code writes."""
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", "litellm_pglog:migrations")
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def code_head() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def db_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _grants(conn: Connection, role: str) -> list[str]:
+    exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).scalar()
+    if not exists:
+        raise ValueError(f"role {role!r} does not exist")
+    q = conn.dialect.identifier_preparer.quote
+    done: list[str] = []
+    for table in TABLES:
+        for priv in ("SELECT", "INSERT"):
+            if not conn.execute(text("SELECT has_table_privilege(:r, :t, :p)"), {"r": role, "t": table, "p": priv}).scalar():
+                conn.execute(text(f"GRANT {priv} ON TABLE {q(table)} TO {q(role)}"))
+                done.append(f"{priv} ON {table}")
+        seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}).scalar()
+        if seq and not conn.execute(text("SELECT has_sequence_privilege(:r, :s, 'USAGE')"), {"r": role, "s": seq}).scalar():
+            conn.execute(text(f"GRANT USAGE ON SEQUENCE {seq} TO {q(role)}"))  # seq comes quoted from PG
+            done.append(f"USAGE ON {seq}")
+    if not conn.execute(text("SELECT has_table_privilege(:r, 'alembic_version', 'SELECT')"), {"r": role}).scalar():
+        conn.execute(text(f"GRANT SELECT ON TABLE alembic_version TO {q(role)}"))
+        done.append("SELECT ON alembic_version")
+    return done
+
+
+def migrate(engine: Engine, grant_to: str | None = None) -> dict[str, Any]:
+    with engine.begin() as conn:
+        # Two gateways migrating at once: the second waits, then finds nothing to do.
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('litellm_pglog.migrate'))"))
+        before = db_revision(conn)
+        command.upgrade(alembic_config(conn), "head")
+        after = db_revision(conn)
+        granted = _grants(conn, grant_to) if grant_to else []
+    return {
+        "changed": before != after or bool(granted),
+        "revision": after,
+        "previous_revision": before,
+        "granted": granted,
+    }
+
+
+def check_revision(conn: Connection) -> str:
+    """Raise SchemaMismatch unless the database is at this code's head."""
+    head = code_head()
+    try:
+        current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except Exception as exc:  # missing table or no privilege: same answer, not migrated for us
+        conn.rollback()
+        raise SchemaMismatch(f"database has no readable alembic_version ({exc.__class__.__name__}); "
+                             f"run `litellm-pglog migrate` (code head {head})") from exc
+    if current != head:
+        raise SchemaMismatch(f"database revision {current!r} != code head {head!r}; run `litellm-pglog migrate`")
+    return head

@@ -1,0 +1,95 @@
+"""records.py: capture/prepare without a database."""
+
+import hashlib
+import json
+import math
+
+from litellm_pglog import records
+
+
+def slo(**over):
+    base = {
+        "id": "call-1", "startTime": 1000.0, "endTime": 1000.25, "model_group": "gpt-stub",
+        "call_type": "acompletion", "stream": False, "end_user": "", "request_tags": ["run:x"],
+        "messages": [{"role": "user", "content": "hi there"}], "model_parameters": {"temperature": 0},
+        "status": "success", "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+        "response_cost": 0.00012, "response": {"choices": [{"message": {"content": "echo: hi there"}}]},
+        "error_str": None, "error_information": None,
+        "metadata": {"user_api_key_hash": hashlib.sha256(b"k").hexdigest()},
+        "unrelated": "not captured",
+    }
+    base.update(over)
+    return base
+
+
+def test_capture_takes_only_known_fields_by_reference():
+    s = slo()
+    raw = records.capture(s)
+    assert "unrelated" not in raw
+    assert raw["messages"] is s["messages"]
+
+
+def test_prepare_success_row():
+    row = records.prepare(records.capture(slo()), 262144)
+    assert row["call_id"] == "call-1" and row["model"] == "gpt-stub" and row["status"] == "success"
+    assert row["latency_ms"] == 250.0
+    assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (5, 3, 8)
+    assert json.loads(row["tags"]) == ["run:x"]
+    assert json.loads(row["payload"])["messages"][0]["content"] == "hi there"
+    assert row["end_user"] is None
+    assert row["api_key_hash"] == hashlib.sha256(b"k").hexdigest()
+
+
+def test_prepare_failure_body_holds_error():
+    raw = records.capture(slo(status="failure", response=None, error_str="boom 500",
+                              error_information={"error_code": "500", "error_class": "InternalServerError"}))
+    row = records.prepare(raw, 262144)
+    body = json.loads(row["body"])
+    assert row["status"] == "failure"
+    assert body["error"]["message"] == "boom 500" and body["error"]["error_code"] == "500"
+
+
+def test_raw_key_is_hashed_never_stored():
+    row = records.prepare(records.capture(slo(metadata={"user_api_key_hash": "sk-raw-secret"})), 262144)
+    assert row["api_key_hash"] == hashlib.sha256(b"sk-raw-secret").hexdigest()
+    assert "sk-raw-secret" not in json.dumps(row)
+
+
+def test_nul_is_escaped_not_dropped_in_json_and_text():
+    raw = records.capture(slo(messages=[{"role": "user", "content": "a\x00b"}], model_group="m\x00x"))
+    row = records.prepare(raw, 262144)
+    assert "\\u0000" not in row["payload"].replace("\\\\u0000", "")  # no JSON NUL escape left
+    assert json.loads(row["payload"])["messages"][0]["content"] == "a\\u0000b"
+    assert row["model"] == "m\\u0000x"
+
+
+def test_literal_backslash_u0000_text_is_left_alone():
+    doc = records.jsonb({"c": "lit\\u0000eral"}, 1000)  # six literal characters, no NUL
+    assert json.loads(doc) == {"c": "lit\\u0000eral"}
+
+
+def test_odd_backslashes_before_nul():
+    doc = records.jsonb({"c": "\\\x00"}, 1000)  # a backslash followed by a real NUL
+    assert json.loads(doc) == {"c": "\\\\u0000"}
+
+
+def test_lone_surrogate_becomes_replacement_char():
+    doc = records.jsonb({"c": "x\ud800y"}, 1000)
+    doc.encode("utf-8")
+    assert json.loads(doc)["c"].startswith("x") and json.loads(doc)["c"].endswith("y")
+
+
+def test_truncation_marker():
+    big = "x" * 300_000
+    doc = records.jsonb({"messages": [{"content": big}]}, 262144)
+    marker = json.loads(doc)
+    assert marker[records.TRUNCATION_MARKER] is True
+    assert marker["original_bytes"] > 300_000
+    assert len(doc.encode()) <= 262144 + 1024
+    assert marker["head"].startswith('{"messages"')
+
+
+def test_garbage_numbers_do_not_crash():
+    row = records.prepare(records.capture(slo(prompt_tokens=None, response_cost="n/a", startTime=None)), 262144)
+    assert row["prompt_tokens"] == 0 and row["cost_usd"] == 0.0
+    assert not math.isnan(row["created_at"])
