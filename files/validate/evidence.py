@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Renders the evidence files of one validation run from what validate.yml collected
+(stdlib only, control node), masks every secret and writes them.
+
+    evidence.py RUN_DIR < collected.json
+
+stdin carries the secrets to mask (never a command line or the environment, which
+Ansible shows at high verbosity) and the raw results of the collecting tasks:
+
+  {"secrets": [...], "run_id": ..., "tag": ..., "calls": K,
+   "hosts": {host: {"groups": [...], "units": [...], "show": [cmdres], "status": [cmdres],
+                    "journal": cmdres | null, "since": str} | null},
+   "chat": cmdres, "cli": {name: cmdres}, "db_auth": {...}, "config": str}
+
+  cmdres = {"cmd": [...], "rc": int, "stdout": str, "stderr": str}
+
+Writes service_status.txt, gateway_db_connect.log, chat_call.json, requests_head.txt,
+responses_head.txt, join_check.txt (+ the CLI's --json output as *.json, which is what
+verdict.py judges), db_auth_check.json and config.redacted.yaml. Raw output is kept
+as it came; only secrets are masked (scrub.py).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scrub  # noqa: E402
+
+CLI_FILES = {
+    "requests_head": "requests_head.txt",
+    "responses_head": "responses_head.txt",
+    "join_check": "join_check.txt",
+    "requests_head_json": "requests_head.json",
+    "responses_head_json": "responses_head.json",
+    "join_check_json": "join_check.json",
+}
+_EVENT = re.compile(r"event=(connect|pool_stats) ")
+
+
+def _cmd(res: dict[str, Any] | None) -> str:
+    if not res:
+        return "$ (not run: no data from the host)"
+    cmd = res.get("cmd") or []
+    return f"$ {' '.join(cmd) if isinstance(cmd, list) else cmd}   (exit {res.get('rc')})"
+
+
+def _out(res: dict[str, Any] | None) -> str:
+    if not res:
+        return ""
+    text = (res.get("stdout") or "").rstrip("\n")
+    err = (res.get("stderr") or "").rstrip("\n")
+    return text + (f"\n[stderr]\n{err}" if err else "")
+
+
+def _by_unit(results: list[dict[str, Any]] | None, unit: str) -> dict[str, Any] | None:
+    for res in results or []:
+        if res.get("item") == unit:
+            return res
+    return None
+
+
+def service_status(hosts: dict[str, Any], expected_units: dict[str, list[str]]) -> str:
+    """One `### host=H unit=U` section per unit each host should run; a host that gave no
+    data still gets its sections (ActiveState=unknown), so the verdict sees the gap."""
+    parts = []
+    for host, units in expected_units.items():
+        data = hosts.get(host) or {}
+        for unit in units:
+            show, status = _by_unit(data.get("show"), unit), _by_unit(data.get("status"), unit)
+            parts.append(f"### host={host} unit={unit}")
+            if show is None:
+                parts.append("ActiveState=unknown\nSubState=unknown\n(no data from this host)")
+                continue
+            parts += [_cmd(show), _out(show), _cmd(status), _out(status), ""]
+    return "\n".join(parts)
+
+
+def connect_log(hosts: dict[str, Any], gateways: list[str]) -> str:
+    parts = []
+    for host in gateways:
+        data = hosts.get(host) or {}
+        journal = data.get("journal")
+        unit = (data.get("units") or ["?"])[0]
+        parts.append(f"### host={host} unit={unit} since={data.get('since') or 'boot'}")
+        parts.append(_cmd(journal))
+        if journal:
+            lines = [ln for ln in (journal.get("stdout") or "").splitlines() if _EVENT.search(ln)]
+            parts += lines or ["(no event=connect / event=pool_stats line since the unit's start)"]
+            if journal.get("rc") not in (0, 1) and journal.get("stderr"):
+                parts.append("[stderr] " + journal["stderr"].strip())
+    return "\n".join(parts)
+
+
+def chat_call(res: dict[str, Any] | None) -> str:
+    try:
+        data = json.loads((res or {}).get("stdout") or "")
+    except ValueError:
+        data = {"error": "the chat calls did not run", "rc": (res or {}).get("rc"),
+                "stdout": (res or {}).get("stdout"), "stderr": (res or {}).get("stderr")}
+    return json.dumps(data, indent=2)
+
+
+def cli_text(res: dict[str, Any] | None) -> str:
+    return _cmd(res) + "\n" + _out(res)
+
+
+def cli_json(res: dict[str, Any] | None) -> str:
+    try:
+        return json.dumps(json.loads((res or {}).get("stdout") or ""), indent=2, sort_keys=True)
+    except ValueError:
+        return json.dumps({"error": "no JSON from the CLI", "rc": (res or {}).get("rc"),
+                           "stderr": (res or {}).get("stderr")}, indent=2)
+
+
+def render(c: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    hosts = c.get("hosts") or {}
+    expected_units = c.get("expected_units") or {}
+    gateways = c.get("gateways") or []
+    files = {
+        "service_status.txt": service_status(hosts, expected_units),
+        "gateway_db_connect.log": connect_log(hosts, gateways),
+        "chat_call.json": chat_call(c.get("chat")),
+        "db_auth_check.json": json.dumps(c.get("db_auth") or {}, indent=2, sort_keys=True, default=str),
+    }
+    cli = c.get("cli") or {}
+    for key, name in CLI_FILES.items():
+        files[name] = cli_json(cli.get(key)) if name.endswith(".json") else cli_text(cli.get(key))
+    config = {"config.redacted.yaml": c.get("config") or "# config.yaml could not be read\n"}
+    return files, config
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print(__doc__, file=sys.stderr)
+        return 2
+    collected = json.load(sys.stdin)
+    files, config = render(collected)
+    written = scrub.write_all(Path(argv[0]), {"secrets": collected.get("secrets") or [],
+                                              "files": files, "config": config})
+    print(json.dumps({"written": written}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

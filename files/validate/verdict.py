@@ -1,0 +1,467 @@
+#!/usr/bin/env python3
+"""Computes the validation verdict from the evidence files of one run (stdlib only).
+
+    verdict.py --run-dir DIR --expected K --max-delay-ms MS
+
+Reads only files of DIR (so the verdict can be recomputed, and unit-tested,
+from a run directory alone) and writes DIR/summary.json and DIR/SUMMARY.md.
+Every PASS below is computed from a figure found in a file; a missing or
+unreadable file makes its criteria FAIL, never PASS. Exit status: 0 when
+the summary was written (whatever the verdict), 2 on bad arguments.
+
+Inputs (written by playbooks/validate.yml):
+  service_status.txt      `### host=H unit=U` sections with `systemctl show` lines
+  gateway_db_connect.log  `### host=H` sections with `event=connect {json}` lines
+  chat_call.json          chat_call.py output: {"exchange": ..., "calls": [...]}
+  requests_head.txt, responses_head.txt, join_check.txt   litellm-pglog evidence output
+  requests_head.json, responses_head.json, join_check.json  the same with --json (what is judged)
+  db_auth_check.json      pg_hba rules, TLS of the writer's backends, fresh-connection auth
+Known secret values (to prove none is in the evidence) come on stdin as
+{"secrets": [...]} (--secrets-on-stdin), never on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import json
+import re
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SCRAM = "scram-sha-256"
+
+
+@dataclass
+class Criterion:
+    name: str
+    title: str
+    passed: bool | None  # None: informational, never makes the run fail
+    figure: str
+    source: str
+
+    @property
+    def result(self) -> str:
+        return "INFO" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+
+# ---------------------------------------------------------------- file readers
+
+def read_text(run_dir: Path, name: str) -> str | None:
+    path = run_dir / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def read_json(run_dir: Path, name: str) -> Any:
+    text = read_text(run_dir, name)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+_SECTION = re.compile(r"^### (?P<attrs>.*)$")
+
+
+def sections(text: str) -> list[tuple[dict[str, str], list[str]]]:
+    """Splits `### key=value key=value` headed sections."""
+    out: list[tuple[dict[str, str], list[str]]] = []
+    for line in text.splitlines():
+        m = _SECTION.match(line)
+        if m:
+            attrs = dict(kv.split("=", 1) for kv in m.group("attrs").split() if "=" in kv)
+            out.append((attrs, []))
+        elif out:
+            out[-1][1].append(line)
+    return out
+
+
+def unit_states(text: str | None) -> list[dict[str, str]]:
+    """One dict per (host, unit) section: its `systemctl show` properties."""
+    if not text:
+        return []
+    states = []
+    for attrs, lines in sections(text):
+        props = dict(attrs)
+        for line in lines:
+            m = re.match(r"^(ActiveState|SubState|MainPID|ActiveEnterTimestamp|NRestarts|"
+                         r"MemoryCurrent|CPUUsageNSec|InvocationID)=(.*)$", line)
+            if m and m.group(1) not in props:
+                props[m.group(1)] = m.group(2).strip()
+        states.append(props)
+    return states
+
+
+def event_lines(text: str | None, event: str) -> list[tuple[str, dict[str, Any]]]:
+    """(host, payload) of every `event=<event> {json}` line."""
+    if not text:
+        return []
+    out = []
+    for attrs, lines in sections(text):
+        for line in lines:
+            idx = line.find(f"event={event} ")
+            if idx < 0:
+                continue
+            try:
+                payload = json.loads(line[idx + len(event) + 7:])
+            except ValueError:
+                continue
+            if isinstance(payload, dict):
+                out.append((attrs.get("host", "?"), payload))
+    return out
+
+
+def as_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------- criteria
+
+def check_units(run_dir: Path, group_unit: str, name: str, title: str) -> Criterion:
+    states = [s for s in unit_states(read_text(run_dir, "service_status.txt"))
+              if s.get("unit") == group_unit]
+    if not states:
+        return Criterion(name, title, False, f"no {group_unit} section found", "service_status.txt")
+    bad = [s for s in states if (s.get("ActiveState"), s.get("SubState")) != ("active", "running")]
+    parts = [f"{s.get('host', '?')}: {s.get('ActiveState', '?')}/{s.get('SubState', '?')}"
+             f" NRestarts={s.get('NRestarts', '?')}" for s in states]
+    return Criterion(name, title, not bad, f"{len(states) - len(bad)}/{len(states)} active/running ("
+                     + "; ".join(parts) + ")", "service_status.txt")
+
+
+def check_tls(run_dir: Path) -> Criterion:
+    title = "Gateway's DB connections use TLS (connect line + pg_stat_ssl)"
+    connects = event_lines(read_text(run_dir, "gateway_db_connect.log"), "connect")
+    auth = read_json(run_dir, "db_auth_check.json") or {}
+    problems, facts = [], []
+    if not connects:
+        problems.append("no event=connect line since the unit's start")
+    for host, c in connects:
+        ssl = c.get("ssl") if isinstance(c.get("ssl"), dict) else {}
+        # both sides must agree: the server's pg_stat_ssl row and libpq's ssl_in_use
+        if ssl.get("server_ssl") is not True or ssl.get("client_ssl_in_use") is not True:
+            problems.append(f"{host}: server_ssl={ssl.get('server_ssl')!r} "
+                            f"client_ssl_in_use={ssl.get('client_ssl_in_use')!r}")
+        else:
+            facts.append(f"{host}: {ssl.get('version')} {ssl.get('cipher')} sslmode={ssl.get('sslmode')}")
+    backends = auth.get("writer_backends")
+    if isinstance(backends, list):
+        nossl = [b for b in backends if b.get("ssl") is not True]
+        facts.append(f"pg_stat_ssl: {len(backends) - len(nossl)}/{len(backends)} writer backends on TLS")
+        if nossl:
+            problems.append(f"{len(nossl)} writer backend(s) without TLS")
+        if not backends:
+            # a running gateway keeps its pool's connections open: none means nothing to judge
+            problems.append("no live writer connection to check")
+    else:
+        problems.append("db_auth_check.json: no writer_backends")
+    figure = "; ".join(problems + facts) if problems else "; ".join(facts)
+    return Criterion("db_tls", title, not problems, figure,
+                     "gateway_db_connect.log, db_auth_check.json")
+
+
+def _rule_matches(rule: dict[str, Any], addr: str, ssl: bool, db: str, user: str) -> bool:
+    rtype = rule.get("type")
+    if rtype not in ("host", "hostssl", "hostnossl"):
+        return False
+    if (rtype == "hostssl" and not ssl) or (rtype == "hostnossl" and ssl):
+        return False
+    dbs, users = rule.get("database") or [], rule.get("user_name") or []
+    if not ({"all", db} & set(dbs)) or not ({"all", user} & set(users)):
+        return False
+    raw = rule.get("address")
+    if raw in (None, "all"):
+        return True
+    if raw in ("samehost", "samenet"):
+        return False  # not evaluated here: treated as not matching
+    try:
+        mask = rule.get("netmask")
+        net = ipaddress.ip_network(f"{raw}/{mask}" if mask else raw, strict=False)
+        return ipaddress.ip_address(addr) in net
+    except ValueError:
+        return False
+
+
+def hba_in_force(rules: list[dict[str, Any]], addr: str, ssl: bool, db: str, user: str) -> dict | None:
+    """The first pg_hba rule (in file order) that a connection would match:
+    that rule's method is the one PostgreSQL applies."""
+    for rule in sorted(rules, key=lambda r: r.get("rule_number") or r.get("line_number") or 0):
+        if rule.get("error"):
+            continue
+        if _rule_matches(rule, addr, ssl, db, user):
+            return rule
+    return None
+
+
+def check_scram(run_dir: Path) -> Criterion:
+    """'Non-SCRAM auth', observably: PostgreSQL lets an md5 (or password/trust) hba rule
+    authenticate a SCRAM-hashed role, so the role's hash alone proves nothing. SCRAM is in
+    force when (1) the first hba rule matching the gateway's address for the writer over
+    TLS says scram-sha-256, (2) no rule lets it in without TLS, (3) the role's verifier is
+    SCRAM, and (4) a fresh connection reports `scram-sha-256` as its hba method (SYSTEM_USER)
+    -- and the package's connect line reports SCRAM too."""
+    title = "Gateway authenticates with SCRAM-SHA-256 (hba in force + fresh connection)"
+    src = "db_auth_check.json, gateway_db_connect.log"
+    auth = read_json(run_dir, "db_auth_check.json")
+    if not isinstance(auth, dict):
+        return Criterion("db_scram", title, False, "db_auth_check.json missing or unreadable", src)
+    rules = auth.get("hba_rules") or []
+    db, user = auth.get("database", ""), auth.get("writer_role", "")
+    problems, facts = [], []
+    addrs = auth.get("gateway_addresses") or []
+    if not addrs:
+        problems.append("no gateway address to evaluate pg_hba for")
+    if not rules:
+        problems.append("no pg_hba rules read")
+    for addr in addrs:
+        rule = hba_in_force(rules, addr, True, db, user)
+        if rule is None:
+            problems.append(f"{addr}: no hba rule admits the writer over TLS")
+        else:
+            method = rule.get("auth_method")
+            where = f"{addr}: {rule.get('type')} {method} (pg_hba line {rule.get('line_number')})"
+            (facts if method == SCRAM and rule.get("type") == "hostssl" else problems).append(where)
+        plain = hba_in_force(rules, addr, False, db, user)
+        if plain is not None and plain.get("auth_method") != "reject":
+            problems.append(f"{addr}: non-TLS connections admitted by pg_hba line {plain.get('line_number')}"
+                            f" ({plain.get('type')} {plain.get('auth_method')})")
+    verifier = auth.get("writer_verifier")
+    if verifier != "SCRAM-SHA-256":
+        problems.append(f"writer password verifier: {verifier!r}")
+    fresh = auth.get("fresh_connection") or {}
+    system_user = fresh.get("system_user")
+    if system_user is not None:
+        method = str(system_user).split(":", 1)[0]
+        (facts if method == SCRAM else problems).append(f"fresh connection SYSTEM_USER method: {method}")
+    elif fresh:
+        problems.append(f"fresh connection failed: {fresh.get('error', 'no system_user')}")
+    connects = event_lines(read_text(run_dir, "gateway_db_connect.log"), "connect")
+    if not connects:
+        problems.append("no event=connect line since the unit's start")
+    for host, c in connects:
+        method = (c.get("auth") or {}).get("method") if isinstance(c.get("auth"), dict) else None
+        # "scram-sha-256" (SYSTEM_USER) or "scram-sha-256-plus" (channel_binding=require)
+        if not str(method).lower().startswith(SCRAM):
+            problems.append(f"{host}: connect line auth method {method!r}")
+        else:
+            facts.append(f"{host}: connect line auth method {method}")
+    figure = "; ".join(problems + facts)
+    return Criterion("db_scram", title, not problems, figure, src)
+
+
+def check_http(run_dir: Path, expected: int) -> Criterion:
+    title = f"{expected} chat calls: HTTP 200 with tokens and cost"
+    data = read_json(run_dir, "chat_call.json")
+    calls = (data or {}).get("calls") if isinstance(data, dict) else None
+    if not isinstance(calls, list) or not calls:
+        return Criterion("http_chat", title, False, "chat_call.json missing or without calls", "chat_call.json")
+    good = [c for c in calls if c.get("status") == 200 and (c.get("total_tokens") or 0) > 0
+            and (as_float(c.get("response_cost")) or 0) > 0]
+    statuses = sorted({str(c.get("status")) for c in calls})
+    lat = [c["latency_ms"] for c in calls if isinstance(c.get("latency_ms"), (int, float))]
+    ex = data.get("exchange") or {}
+    usage = ex.get("usage") or {}
+    figure = (f"{len(good)}/{len(calls)} OK (status {','.join(statuses)}); first call: "
+              f"{usage.get('prompt_tokens')}+{usage.get('completion_tokens')}={usage.get('total_tokens')} tokens, "
+              f"cost {ex.get('response_cost')} USD, {ex.get('latency_ms')} ms")
+    if lat:
+        figure += f"; latency p50 {statistics.median(lat):.1f} ms, max {max(lat):.1f} ms"
+    return Criterion("http_chat", title, len(good) == expected == len(calls), figure, "chat_call.json")
+
+
+def _obj(run_dir: Path, name: str) -> dict[str, Any] | None:
+    data = read_json(run_dir, name)
+    return data if isinstance(data, dict) else None
+
+
+def _call_ids(run_dir: Path) -> set[str]:
+    data = read_json(run_dir, "chat_call.json")
+    calls = data.get("calls") if isinstance(data, dict) else None
+    return {c["call_id"] for c in calls or [] if isinstance(c, dict) and c.get("call_id")}
+
+
+def check_rows(run_dir: Path, expected: int) -> list[Criterion]:
+    """Rows of the run's tag, from `litellm-pglog evidence ... --json` (the CLI holds the SQL)."""
+    j = _obj(run_dir, "join_check.json")
+    req = _obj(run_dir, "requests_head.json")
+    resp = _obj(run_dir, "responses_head.json")
+    out = []
+
+    title = f"{expected} request rows for the run's tag, one per call made"
+    if j is None or req is None:
+        out.append(Criterion("request_rows", title, False, "join_check.json or requests_head.json missing",
+                             "requests_head.txt"))
+    else:
+        n_req = j.get("request_rows")
+        row_ids = {r.get("call_id") for r in req.get("rows") or [] if isinstance(r, dict)}
+        calls = _call_ids(run_dir)
+        # every call the client saw (x-litellm-call-id) must be among the rows, and vice versa
+        ids_ok = (calls == row_ids) if calls else True
+        figure = f"{n_req} rows (expected {expected}); count by requests-head: {req.get('count')}"
+        if calls:
+            figure += f"; call ids of the client's calls found: {len(calls & row_ids)}/{len(calls)}"
+        out.append(Criterion("request_rows", title,
+                             n_req == expected and req.get("count") == expected and ids_ok,
+                             figure, "requests_head.txt, join_check.txt"))
+
+    title = f"{expected} response rows, each with tokens > 0 and cost > 0"
+    if j is None or resp is None:
+        out.append(Criterion("response_rows", title, False, "join_check.json or responses_head.json missing",
+                             "responses_head.txt"))
+    else:
+        rows = [r for r in resp.get("rows") or [] if isinstance(r, dict)]
+        good = [r for r in rows if r.get("status") == "success" and (r.get("total_tokens") or 0) > 0
+                and (as_float(r.get("cost_usd")) or 0) > 0]
+        totals = resp.get("totals") or {}
+        figure = (f"{j.get('response_rows')} rows (expected {expected}), {len(good)} with tokens and cost; "
+                  f"totals: {totals.get('total_tokens')} tokens, {totals.get('cost_usd')} USD, "
+                  f"{totals.get('failure')} failures")
+        out.append(Criterion("response_rows", title,
+                             j.get("response_rows") == expected == len(rows) == len(good),
+                             figure, "responses_head.txt, join_check.txt"))
+
+    title = "100% of requests joined to exactly one response, 0 orphans both ways"
+    if j is None:
+        out.append(Criterion("join_integrity", title, False, "join_check.json missing", "join_check.txt"))
+    else:
+        keys = ("requests_without_response", "responses_without_request",
+                "requests_with_several_responses", "duplicate_call_ids")
+        integrity = as_float(j.get("integrity_pct"))
+        ok = (integrity == 100.0 and j.get("matched_pairs") == expected
+              and all(j.get(k) == 0 for k in keys))
+        figure = (f"integrity {integrity}%, {j.get('matched_pairs')} matched pairs; "
+                  + ", ".join(f"{k} {j.get(k)}" for k in keys))
+        out.append(Criterion("join_integrity", title, ok, figure, "join_check.txt"))
+    return out
+
+
+def check_delay(run_dir: Path, max_delay_ms: float) -> Criterion:
+    title = f"Logging delay (row written - response end) below {max_delay_ms:g} ms"
+    j = _obj(run_dir, "join_check.json") or {}
+    delay = as_float(j.get("delay_max_ms"))
+    if delay is None:
+        return Criterion("logging_delay", title, False, "no delay_max_ms in the join check (no matched rows?)",
+                         "join_check.txt")
+    figure = f"max {delay:.1f} ms, p50 {j.get('delay_p50_ms')} ms, p99 {j.get('delay_p99_ms')} ms"
+    return Criterion("logging_delay", title, delay < max_delay_ms, figure, "join_check.txt")
+
+
+def check_pool(run_dir: Path) -> Criterion:
+    title = "Connection pool reuse rate (reported, not judged)"
+    stats = event_lines(read_text(run_dir, "gateway_db_connect.log"), "pool_stats")
+    if not stats:
+        return Criterion("pool_reuse", title, None, "no event=pool_stats line yet (periodic)",
+                         "gateway_db_connect.log")
+    parts = []
+    for host, s in _last_per_host(stats):
+        pool = s.get("pool") if isinstance(s.get("pool"), dict) else {}
+        rate = as_float(pool.get("reuse_rate"))
+        parts.append(f"{host} pid {s.get('pid')}: reuse {rate:.1%}" if rate is not None
+                     else f"{host} pid {s.get('pid')}: no reuse_rate yet")
+        parts[-1] += f" (checkouts {pool.get('checkouts')}, connects {pool.get('connects')})"
+    return Criterion("pool_reuse", title, None, "; ".join(parts), "gateway_db_connect.log")
+
+
+def _last_per_host(stats: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The newest line of each worker process (host, pid)."""
+    last: dict[tuple[str, Any], tuple[str, dict]] = {}
+    for host, s in stats:
+        last[(host, s.get("pid"))] = (host, s)
+    return list(last.values())
+
+
+def check_secrets(run_dir: Path, secrets: list[str]) -> Criterion:
+    title = "No secret value in any evidence file"
+    if not secrets:
+        return Criterion("no_secrets", title, False, "no secret values given to check against", "*")
+    hits = []
+    files = sorted(p for p in run_dir.iterdir() if p.is_file() and p.name not in ("SUMMARY.md", "summary.json"))
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        hits += [path.name for s in secrets if s in text]
+    return Criterion("no_secrets", title, not hits,
+                     f"{len(secrets)} secret values searched in {len(files)} files: "
+                     + (f"found in {', '.join(sorted(set(hits)))}" if hits else "none found"), "all files")
+
+
+# ------------------------------------------------------------------- output
+
+def compute(run_dir: Path, expected: int, max_delay_ms: float, secrets: list[str]) -> list[Criterion]:
+    crits = [
+        check_units(run_dir, "litellm-gateway.service", "gateway_active",
+                    "Gateway service active on every litellm_gateway host"),
+        check_units(run_dir, "postgresql@17-main.service", "postgresql_active",
+                    "PostgreSQL active on every postgresql host"),
+        check_tls(run_dir),
+        check_scram(run_dir),
+        check_http(run_dir, expected),
+    ]
+    crits += check_rows(run_dir, expected)
+    crits.append(check_delay(run_dir, max_delay_ms))
+    crits.append(check_pool(run_dir))
+    crits.append(check_secrets(run_dir, secrets))
+    return crits
+
+
+def write_summary(run_dir: Path, crits: list[Criterion], meta: dict[str, Any]) -> dict[str, Any]:
+    failed = [c.name for c in crits if c.passed is False]
+    summary = {
+        "verdict": "FAIL" if failed else "PASS",
+        "failed": failed,
+        **meta,
+        "criteria": [{**asdict(c), "result": c.result} for c in crits],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (run_dir / "summary.json").chmod(0o640)
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = [f"# Validation {meta.get('run_id', '')}: {summary['verdict']}", "",
+             f"Chat calls tagged `{meta.get('tag')}`." if meta.get("tag") else "",
+             f"Computed {meta.get('computed_at')} from the files of this directory "
+             f"(expected calls: {meta.get('expected_calls')}, max logging delay: "
+             f"{meta.get('max_logging_delay_ms')} ms).", "",
+             "| criterion | result | figure | source file |", "|---|---|---|---|"]
+    lines += [f"| {esc(c.title)} (`{c.name}`) | {c.result} | {esc(c.figure)} | {esc(c.source)} |" for c in crits]
+    if failed:
+        lines += ["", "Failed: " + ", ".join(failed)]
+    (run_dir / "SUMMARY.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (run_dir / "SUMMARY.md").chmod(0o640)
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", required=True, type=Path)
+    ap.add_argument("--expected", required=True, type=int)
+    ap.add_argument("--max-delay-ms", required=True, type=float)
+    ap.add_argument("--run-id", default="")
+    ap.add_argument("--secrets-on-stdin", action="store_true",
+                    help='read {"secrets": [...]} from stdin (the values to search the files for)')
+    args = ap.parse_args(argv)
+    if not args.run_dir.is_dir() or args.expected < 1:
+        print("verdict.py: --run-dir must exist and --expected be >= 1", file=sys.stderr)
+        return 2
+    raw = sys.stdin.read() if args.secrets_on_stdin else ""
+    values = (json.loads(raw) if raw.strip() else {}).get("secrets") or []
+    secrets = sorted({str(s) for s in values if s is not None and len(str(s)) >= 6})
+    crits = compute(args.run_dir, args.expected, args.max_delay_ms, secrets)
+    meta = {"run_id": args.run_id, "tag": f"run:{args.run_id}" if args.run_id else None,
+            "computed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "expected_calls": args.expected, "max_logging_delay_ms": args.max_delay_ms}
+    summary = write_summary(args.run_dir, crits, meta)
+    print(json.dumps({"verdict": summary["verdict"], "failed": summary["failed"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,273 @@
+"""playbooks/validate.yml against the converged bed: the evidence, its honesty, its secrecy.
+
+Runs the real playbook (ansible-playbook with molecule's inventory) from the control node.
+The honesty tests break the deployment in one way each, run validate.yml, and check that
+the play fails and that exactly the matching criterion turns FAIL while every criterion is
+still reported; each repairs what it broke and leaves the bed converged.
+
+Runtime: one validate run takes ~1 min on the bed; the module makes seven.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from conftest import hosts_in
+
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+BED = os.environ.get("PGLOG_BED", "pglog-test")
+LAB_DIR = Path(os.environ.get("PGLOG_LAB_DIR") or PROJECT / ".lab" / BED)
+
+EVIDENCE_FILES = [
+    "service_status.txt", "gateway_db_connect.log", "chat_call.json", "requests_head.txt",
+    "responses_head.txt", "join_check.txt", "SUMMARY.md", "summary.json", "config.redacted.yaml",
+]
+CRITERIA = {
+    "gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "request_rows",
+    "response_rows", "join_integrity", "logging_delay", "pool_reuse", "no_secrets",
+}
+GATEWAY_UNIT = "litellm-gateway.service"
+PG_UNIT = "postgresql@17-main.service"
+CONFIG = "/etc/litellm-gateway/config.yaml"
+PG_HBA = "/etc/postgresql/17/main/pg_hba.conf"
+VENV_PY = "/opt/litellm-gateway/current/bin/python"
+
+
+def lab_secrets():
+    """The bed's real secret values, as the lab inventory generates them."""
+    d = LAB_DIR / "secrets"
+    values = {
+        "pglog_owner_password": (d / "pglog_owner_password").read_text().strip(),
+        "pglog_writer_password": (d / "pglog_writer_password").read_text().strip(),
+        "litellm_master_key": "sk-" + (d / "litellm_master_key").read_text().strip(),
+    }
+    assert all(len(v) >= 16 for v in values.values()), "lab secrets look wrong"
+    # the password lookup may store "value salt=..." in its file: keep the value
+    return {k: v.split(" salt=")[0] for k, v in values.items()}
+
+
+def bed_host(group):
+    return testinfra.get_host(f"podman://{hosts_in(group)[0]}")
+
+
+@pytest.fixture(scope="module")
+def gw():
+    return bed_host("litellm_gateway")
+
+
+@pytest.fixture(scope="module")
+def db():
+    return bed_host("postgresql")
+
+
+@pytest.fixture(scope="module")
+def evidence_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("evidence")
+
+
+def run_validate(evidence_dir, *extra):
+    env = dict(os.environ, PGLOG_LAB_DIR=str(LAB_DIR), ANSIBLE_FORCE_COLOR="0")
+    env.pop("ANSIBLE_CONFIG", None)  # the repository's ansible.cfg (roles_path)
+    playbook = shutil.which("ansible-playbook") or str(Path(sys.executable).parent / "ansible-playbook")
+    cmd = [playbook, "-i", INVENTORY, "playbooks/validate.yml",
+           "-e", f"validate_evidence_dir={evidence_dir}", *extra]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
+    latest = evidence_dir / "latest"
+    run_dir = latest.resolve() if latest.exists() else None
+    summary = json.loads((run_dir / "summary.json").read_text()) if run_dir else None
+    return proc, run_dir, summary, time.monotonic() - t0
+
+
+def results(summary):
+    return {c["name"]: c["result"] for c in summary["criteria"]}
+
+
+def assert_only_failed(proc, summary, expected):
+    """The play failed, naming the failed criteria; every criterion is reported; the
+    matching one(s) FAIL. Other criteria may fail only where listed as consequences."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, "validate.yml passed on a broken deployment:\n" + out[-3000:]
+    res = results(summary)
+    assert set(res) == CRITERIA, f"criteria missing from the report: {CRITERIA - set(res)}"
+    failed = {k for k, v in res.items() if v == "FAIL"}
+    assert expected["must"] <= failed, f"expected FAIL {expected['must']}, got {res}"
+    assert failed <= expected["must"] | expected.get("may", set()), f"unexpected FAIL: {res}"
+    for name in expected["must"]:
+        assert name in out, f"the play's failure message does not name {name}"
+
+
+def wait_gateway_healthy(gw, timeout=120):
+    """The gateway answers its liveliness probe on its private address again."""
+    deadline = time.monotonic() + timeout
+    addr = gw.run("hostname -I").stdout.split()[0]
+    while time.monotonic() < deadline:
+        if gw.run(f"curl -sf -o /dev/null http://{addr}:4000/health/liveliness").rc == 0:
+            return
+        time.sleep(2)
+    pytest.fail("gateway did not become healthy after the repair")
+
+
+def psql(db, sql):
+    cmd = db.run("sudo -u postgres psql -v ON_ERROR_STOP=1 -d litellm_db -Atc %s", sql)
+    assert cmd.rc == 0, cmd.stderr
+    return cmd.stdout
+
+
+# ----------------------------------------------------------------- healthy bed
+
+@pytest.fixture(scope="module")
+def healthy_run(evidence_dir):
+    proc, run_dir, summary, secs = run_validate(evidence_dir)
+    print(f"validate.yml on the healthy bed: {secs:.0f} s, rc {proc.returncode}")
+    return proc, run_dir, summary
+
+
+def test_validate_passes_on_the_converged_bed(healthy_run):
+    proc, run_dir, summary = healthy_run
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert summary["verdict"] == "PASS", json.dumps(summary, indent=1)
+    res = results(summary)
+    assert set(res) == CRITERIA
+    assert all(v in ("PASS", "INFO") for v in res.values()), res
+
+
+@pytest.mark.parametrize("name", EVIDENCE_FILES)
+def test_evidence_file_exists_and_is_not_empty(healthy_run, name):
+    _, run_dir, _ = healthy_run
+    path = run_dir / name
+    assert path.is_file() and path.stat().st_size > 0, f"{path} missing or empty"
+
+
+def test_no_secret_value_in_any_evidence_file(healthy_run):
+    _, run_dir, _ = healthy_run
+    secrets = lab_secrets()
+    for path in run_dir.iterdir():
+        text = path.read_text(errors="replace")
+        for name, value in secrets.items():
+            assert value not in text, f"{name} found in {path.name}"
+
+
+def test_evidence_holds_the_real_figures(healthy_run):
+    _, run_dir, _ = healthy_run
+    chat = json.loads((run_dir / "chat_call.json").read_text())
+    ex = chat["exchange"]
+    assert ex["status"] == 200
+    assert ex["request"]["headers"]["Authorization"] == "Bearer <redacted>"
+    assert ex["usage"]["total_tokens"] > 0 and float(ex["response_cost"]) > 0
+    join = json.loads((run_dir / "join_check.json").read_text())
+    assert join["request_rows"] == join["response_rows"] == join["matched_pairs"] == 5
+    log = (run_dir / "gateway_db_connect.log").read_text()
+    connect = [ln for ln in log.splitlines() if "event=connect " in ln]
+    assert connect, log
+    line = json.loads(connect[0].split("event=connect ", 1)[1])
+    assert line["ssl"]["server_ssl"] is True and line["auth"]["method"].startswith("scram-sha-256")
+    config = (run_dir / "config.redacted.yaml").read_text()
+    assert "litellm_pglog.callback" in config
+    status = (run_dir / "service_status.txt").read_text()
+    assert f"unit={GATEWAY_UNIT}" in status and f"unit={PG_UNIT}" in status
+
+
+# -------------------------------------------------------- honesty: break, check, repair
+
+def test_stopped_gateway_fails_gateway_active(gw, evidence_dir):
+    assert gw.run(f"systemctl stop {GATEWAY_UNIT}").rc == 0
+    try:
+        proc, _, summary, _ = run_validate(evidence_dir, "-e", "validate_row_timeout_s=4")
+    finally:
+        gw.run(f"systemctl start {GATEWAY_UNIT}")
+        wait_gateway_healthy(gw)
+    # no gateway: no HTTP answer, so no rows either
+    assert_only_failed(proc, summary, {
+        "must": {"gateway_active", "http_chat", "request_rows", "response_rows"},
+        "may": {"join_integrity", "logging_delay", "db_tls"}})
+
+
+def test_removed_callback_fails_the_row_criteria(gw, evidence_dir):
+    backup = CONFIG + ".validate-test"
+    assert gw.run(f"cp -p {CONFIG} {backup}").rc == 0
+    drop = ("import sys, yaml; p = sys.argv[1]; c = yaml.safe_load(open(p)); "
+            "c.get('litellm_settings', {}).pop('callbacks', None); yaml.safe_dump(c, open(p, 'w'))")
+    try:
+        assert gw.run(f"{VENV_PY} -c %s {CONFIG}", drop).rc == 0
+        assert gw.run(f"systemctl restart {GATEWAY_UNIT}").rc == 0
+        wait_gateway_healthy(gw)
+        proc, _, summary, _ = run_validate(evidence_dir, "-e", "validate_row_timeout_s=10")
+    finally:
+        gw.run(f"cp -p {backup} {CONFIG} && rm -f {backup}")
+        gw.run(f"systemctl restart {GATEWAY_UNIT}")
+        wait_gateway_healthy(gw)
+    # the calls still answer 200; no logger, so no rows and no connection of the package
+    assert_only_failed(proc, summary, {
+        "must": {"request_rows", "response_rows", "join_integrity", "logging_delay"},
+        "may": {"db_tls", "db_scram"}})
+    assert results(summary)["http_chat"] == "PASS"
+
+
+DROP_TRIGGER = """
+DROP TRIGGER IF EXISTS validate_test_delete_response ON responses;
+DROP FUNCTION IF EXISTS validate_test_delete_response();
+"""
+
+
+def test_deleted_response_row_fails_the_join(db, evidence_dir):
+    # Deletes, right after its insert, the response row of the run's first call (its
+    # prompt says "call 1 of"): the run ends with one request row without a response.
+    # SECURITY DEFINER: the delete runs as postgres, the writer itself cannot delete.
+    psql(db, DROP_TRIGGER + """
+    CREATE FUNCTION validate_test_delete_response() RETURNS trigger LANGUAGE plpgsql
+      SECURITY DEFINER SET search_path = public AS $f$
+    BEGIN
+      IF EXISTS (SELECT 1 FROM requests q WHERE q.id = NEW.request_id
+                 AND q.payload::text LIKE '%call 1 of%') THEN
+        DELETE FROM responses WHERE id = NEW.id;
+      END IF;
+      RETURN NULL;
+    END $f$;
+    CREATE TRIGGER validate_test_delete_response AFTER INSERT ON responses
+      FOR EACH ROW EXECUTE FUNCTION validate_test_delete_response();
+    """)
+    try:
+        proc, run_dir, summary, _ = run_validate(evidence_dir, "-e", "validate_row_timeout_s=10")
+    finally:
+        psql(db, DROP_TRIGGER)
+    assert_only_failed(proc, summary, {"must": {"response_rows", "join_integrity"}})
+    join = json.loads((run_dir / "join_check.json").read_text())
+    assert join["requests_without_response"] == 1 and join["response_rows"] == 4
+
+
+def test_md5_in_pg_hba_fails_db_scram(db, evidence_dir):
+    backup = PG_HBA + ".validate-test"
+    assert db.run(f"cp -p {PG_HBA} {backup}").rc == 0
+    try:
+        # the gateway's hostssl rule(s) switch to md5; the writer's SCRAM verifier still
+        # lets it log in (PostgreSQL then runs SCRAM), so only the rule in force shows it
+        assert db.run(f"sed -i -E '/^hostssl/ s/scram-sha-256/md5/' {PG_HBA}").rc == 0
+        assert "md5" in db.run(f"grep ^hostssl {PG_HBA}").stdout
+        assert db.run(f"systemctl reload {PG_UNIT}").rc == 0
+        proc, _, summary, _ = run_validate(evidence_dir)
+    finally:
+        db.run(f"cp -p {backup} {PG_HBA} && rm -f {backup}")
+        db.run(f"systemctl reload {PG_UNIT}")
+    assert_only_failed(proc, summary, {"must": {"db_scram"}})
+    crit = next(c for c in summary["criteria"] if c["name"] == "db_scram")
+    assert "md5" in crit["figure"]
+
+
+def test_two_runs_make_two_directories_and_latest_follows(evidence_dir, healthy_run):
+    _, first_dir, _ = healthy_run
+    time.sleep(1.1)  # run ids have a resolution of one second
+    proc, second_dir, summary, _ = run_validate(evidence_dir)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert second_dir != first_dir and first_dir.is_dir() and second_dir.is_dir()
+    assert second_dir.name > first_dir.name
+    assert os.readlink(evidence_dir / "latest") == second_dir.name
+    assert summary["verdict"] == "PASS"

@@ -1,0 +1,358 @@
+"""Unit tests of the validation verdict and the evidence scrubber (files/validate/).
+
+The verdict is computed from the files of a run directory only, so these tests fabricate
+run directories: one healthy, then each with one defect, and check that exactly the
+matching criterion turns FAIL while the others keep being reported.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+VALIDATE = HERE.parent / "files" / "validate"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"validate_{name}", VALIDATE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+verdict = _load("verdict")
+scrub = _load("scrub")
+
+K = 5
+SECRETS = ["writer-pw-0123456789", "sk-master-abcdefghijkl", "owner-pw-9876543210"]
+
+CONNECT = {
+    "auth": {"channel_binding": "require", "method": "scram-sha-256", "password_used": True,
+             "system_user": "scram-sha-256:litellm_writer", "user": "litellm_writer"},
+    "backend_pid": 4242,
+    "dsn": "postgresql+psycopg2://litellm_writer:***@10.89.71.19:5432/litellm_db?sslmode=verify-full",
+    "pool": {"max_overflow": 2, "pool_pre_ping": True, "pool_recycle_s": 1800, "pool_size": 5},
+    "server_version": "17.12 (Debian 17.12-0+deb13u1)",
+    "ssl": {"bits": 256, "cipher": "TLS_AES_256_GCM_SHA384", "client_protocol": "TLSv1.3",
+            "client_ssl_in_use": True, "server_ssl": True, "sslmode": "verify-full", "version": "TLSv1.3"},
+}
+POOL = {"pid": 99, "online": True, "counters": {"inserted": 5},
+        "pool": {"checkouts": 40, "connects": 2, "invalidated": 0, "reuse_rate": 0.95}}
+HBA = [
+    {"line_number": 1, "type": "local", "database": ["all"], "user_name": ["postgres"],
+     "address": None, "netmask": None, "auth_method": "peer", "error": None},
+    {"line_number": 2, "type": "hostssl", "database": ["litellm_db"], "user_name": ["litellm_writer"],
+     "address": "10.89.71.18", "netmask": "255.255.255.255", "auth_method": "scram-sha-256", "error": None},
+]
+
+
+def service_status(gw_state=("active", "running")) -> str:
+    return (
+        "### host=gateway unit=litellm-gateway.service\n"
+        f"$ systemctl show ...\nActiveState={gw_state[0]}\nSubState={gw_state[1]}\nMainPID=123\n"
+        "NRestarts=0\n$ systemctl status\n  Active: active (running)\n"
+        "### host=db unit=postgresql@17-main.service\n"
+        "ActiveState=active\nSubState=running\nMainPID=77\nNRestarts=0\n"
+    )
+
+
+def connect_log(connects=(CONNECT,), pools=(POOL,)) -> str:
+    lines = ["### host=gateway unit=litellm-gateway.service since=Fri 2026-11-27 03:00:00 UTC"]
+    lines += [f"2026-11-27 03:00:01 INFO litellm_pglog event=connect {json.dumps(c, sort_keys=True)}" for c in connects]
+    lines += [f"event=pool_stats {json.dumps(p, sort_keys=True)}" for p in pools]
+    return "\n".join(lines) + "\n"
+
+
+def chat(status=200, cost="0.000123", tokens=30, n=K) -> dict:
+    calls = [{"status": status, "latency_ms": 20.0 + i, "call_id": f"c{i}", "prompt_tokens": 10,
+              "completion_tokens": tokens - 10, "total_tokens": tokens, "response_cost": cost,
+              "t_end_epoch": 1.0} for i in range(n)]
+    return {"exchange": {"status": status, "latency_ms": 20.0, "response_cost": cost,
+                         "usage": {"prompt_tokens": 10, "completion_tokens": tokens - 10, "total_tokens": tokens},
+                         "request": {"headers": {"Authorization": "Bearer <redacted>"}}},
+            "calls": calls}
+
+
+def join(**over) -> dict:
+    d = {"tag": "run:x", "expected_calls": K, "request_rows": K, "response_rows": K, "matched_pairs": K,
+         "requests_without_response": 0, "requests_with_several_responses": 0,
+         "responses_without_request": 0, "duplicate_call_ids": 0, "integrity_pct": 100.0,
+         "delay_p50_ms": 190.0, "delay_p99_ms": 205.0, "delay_max_ms": 210.0}
+    d.update(over)
+    return d
+
+
+def req_head(n=K, ids=None) -> dict:
+    ids = ids if ids is not None else [f"c{i}" for i in range(n)]
+    return {"tag": "run:x", "count": len(ids), "columns": ["id", "call_id"],
+            "rows": [{"id": i + 1, "call_id": c} for i, c in enumerate(ids)]}
+
+
+def resp_head(n=K, tokens=30, cost=0.000123, status="success") -> dict:
+    rows = [{"id": i + 1, "request_id": i + 1, "call_id": f"c{i}", "status": status, "prompt_tokens": 10,
+             "completion_tokens": tokens - 10, "total_tokens": tokens, "cost_usd": cost} for i in range(n)]
+    return {"tag": "run:x", "count": n, "columns": [], "rows": rows,
+            "totals": {"responses": n, "success": n, "failure": 0, "total_tokens": tokens * n, "cost_usd": cost * n}}
+
+
+def auth(**over) -> dict:
+    d = {"database": "litellm_db", "writer_role": "litellm_writer", "gateway_addresses": ["10.89.71.18"],
+         "hba_rules": copy.deepcopy(HBA), "writer_verifier": "SCRAM-SHA-256",
+         "writer_backends": [{"pid": 4242, "ssl": True, "client_addr": "10.89.71.18"}],
+         "fresh_connection": {"system_user": "scram-sha-256:litellm_writer"}}
+    d.update(over)
+    return d
+
+
+def make_run(tmp_path: Path, **files) -> Path:
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    content = {
+        "service_status.txt": service_status(),
+        "gateway_db_connect.log": connect_log(),
+        "chat_call.json": chat(),
+        "requests_head.txt": "call_id | model\n c0 | m\n(5 rows)\n",
+        "responses_head.txt": "total_tokens | cost\n 30 | 0.000123\n(5 rows)\n",
+        "join_check.txt": "integrity 100%\n",
+        "join_check.json": join(),
+        "requests_head.json": req_head(),
+        "responses_head.json": resp_head(),
+        "db_auth_check.json": auth(),
+        "config.redacted.yaml": "general_settings:\n  master_key: os.environ/LITELLM_MASTER_KEY\n",
+    }
+    content.update(files)
+    for name, value in content.items():
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        (run / name).write_text(text)
+    return run
+
+
+def results(run: Path, secrets=SECRETS) -> dict[str, str]:
+    return {c.name: c.result for c in verdict.compute(run, K, 1000.0, secrets)}
+
+
+ALL = ["gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "request_rows",
+       "response_rows", "join_integrity", "logging_delay", "pool_reuse", "no_secrets"]
+
+
+def only_failed(res: dict[str, str]) -> set[str]:
+    assert set(res) == set(ALL), "every criterion is always reported"
+    return {k for k, v in res.items() if v == "FAIL"}
+
+
+def test_healthy_run_passes(tmp_path):
+    res = results(make_run(tmp_path))
+    assert only_failed(res) == set()
+    assert res["pool_reuse"] == "INFO"
+
+
+def test_summary_files_are_written(tmp_path):
+    run = make_run(tmp_path)
+    crits = verdict.compute(run, K, 1000.0, SECRETS)
+    summary = verdict.write_summary(run, crits, {"run_id": "x", "expected_calls": K})
+    assert summary["verdict"] == "PASS"
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert [c["name"] for c in on_disk["criteria"]] == ALL
+    md = (run / "SUMMARY.md").read_text()
+    assert "| criterion | result | figure | source file |" in md
+    assert md.count("| PASS |") == len(ALL) - 1
+
+
+@pytest.mark.parametrize("files,expected", [
+    ({"service_status.txt": service_status(("inactive", "dead"))}, {"gateway_active"}),
+    ({"service_status.txt": service_status(("failed", "failed"))}, {"gateway_active"}),
+    ({"service_status.txt": None}, {"gateway_active", "postgresql_active"}),
+    ({"chat_call.json": chat(status=500, cost=None, tokens=0)}, {"http_chat"}),
+    ({"chat_call.json": chat(cost="0.0")}, {"http_chat"}),
+    ({"chat_call.json": chat(n=K - 1)}, {"http_chat", "request_rows"}),  # rows without a call
+    # rows stopped arriving
+    ({"join_check.json": join(request_rows=0, response_rows=0, matched_pairs=0, integrity_pct=0.0,
+                              delay_p50_ms=None, delay_p99_ms=None, delay_max_ms=None),
+      "requests_head.json": req_head(ids=[]), "responses_head.json": resp_head(n=0)},
+     {"request_rows", "response_rows", "join_integrity", "logging_delay"}),
+    # one response row deleted: an orphan request
+    ({"join_check.json": join(response_rows=K - 1, matched_pairs=K - 1, requests_without_response=1,
+                              integrity_pct=80.0),
+      "responses_head.json": resp_head(n=K - 1)},
+     {"response_rows", "join_integrity"}),
+    ({"responses_head.json": resp_head(cost=0)}, {"response_rows"}),
+    ({"responses_head.json": resp_head(status="failure")}, {"response_rows"}),
+    ({"join_check.json": join(duplicate_call_ids=1)}, {"join_integrity"}),
+    ({"requests_head.json": req_head(ids=["c0", "c1", "c2", "c3", "other"])}, {"request_rows"}),
+    ({"join_check.json": join(delay_max_ms=1500.0)}, {"logging_delay"}),
+    ({"join_check.json": "not json"}, {"request_rows", "response_rows", "join_integrity", "logging_delay"}),
+])
+def test_each_defect_fails_its_criterion(tmp_path, files, expected):
+    assert only_failed(results(make_run(tmp_path, **files))) == expected
+
+
+def test_md5_rule_in_force_fails_scram_even_with_scram_verifier(tmp_path):
+    hba = copy.deepcopy(HBA)
+    hba[1]["auth_method"] = "md5"
+    run = make_run(tmp_path, **{"db_auth_check.json": auth(
+        hba_rules=hba, fresh_connection={"system_user": "md5:litellm_writer"})})
+    assert only_failed(results(run)) == {"db_scram"}
+
+
+def test_earlier_broad_md5_rule_shadows_scram_rule(tmp_path):
+    hba = copy.deepcopy(HBA)
+    hba.insert(1, {"line_number": 2, "type": "host", "database": ["all"], "user_name": ["all"],
+                   "address": "10.89.71.0", "netmask": "255.255.255.0", "auth_method": "md5", "error": None})
+    hba[2]["line_number"] = 3
+    crit = next(c for c in verdict.compute(make_run(tmp_path, **{"db_auth_check.json": auth(hba_rules=hba)}),
+                                           K, 1000, SECRETS) if c.name == "db_scram")
+    assert crit.result == "FAIL"
+    assert "md5" in crit.figure and "non-TLS" in crit.figure
+
+
+def test_rule_for_other_address_does_not_count(tmp_path):
+    hba = copy.deepcopy(HBA)
+    hba[1]["address"] = "10.89.71.50"
+    run = make_run(tmp_path, **{"db_auth_check.json": auth(hba_rules=hba)})
+    assert only_failed(results(run)) == {"db_scram"}
+
+
+def test_fresh_connection_md5_alone_fails(tmp_path):
+    run = make_run(tmp_path, **{"db_auth_check.json": auth(fresh_connection={"system_user": "md5:litellm_writer"})})
+    assert only_failed(results(run)) == {"db_scram"}
+
+
+def test_md5_verifier_fails_scram(tmp_path):
+    run = make_run(tmp_path, **{"db_auth_check.json": auth(writer_verifier="md5")})
+    assert only_failed(results(run)) == {"db_scram"}
+
+
+def test_connect_line_without_tls_fails_tls(tmp_path):
+    c = copy.deepcopy(CONNECT)
+    c["ssl"]["server_ssl"] = False
+    c["ssl"]["client_ssl_in_use"] = False
+    run = make_run(tmp_path, **{"gateway_db_connect.log": connect_log(connects=(c,))})
+    assert only_failed(results(run)) == {"db_tls"}
+
+
+def test_backend_without_tls_fails_tls(tmp_path):
+    run = make_run(tmp_path, **{"db_auth_check.json": auth(writer_backends=[{"pid": 1, "ssl": False}])})
+    assert only_failed(results(run)) == {"db_tls"}
+
+
+def test_no_live_writer_connection_fails_tls(tmp_path):
+    run = make_run(tmp_path, **{"db_auth_check.json": auth(writer_backends=[])})
+    assert only_failed(results(run)) == {"db_tls"}
+
+
+def test_no_connect_line_fails_tls_and_scram(tmp_path):
+    run = make_run(tmp_path, **{"gateway_db_connect.log": "### host=gateway\n"})
+    assert only_failed(results(run)) == {"db_tls", "db_scram"}
+
+
+def test_pool_reuse_is_reported_never_judged(tmp_path):
+    run = make_run(tmp_path, **{"gateway_db_connect.log": connect_log(pools=())})
+    crits = {c.name: c for c in verdict.compute(run, K, 1000, SECRETS)}
+    assert crits["pool_reuse"].result == "INFO"
+    run2 = make_run(tmp_path / "b", **{})
+    crit = next(c for c in verdict.compute(run2, K, 1000, SECRETS) if c.name == "pool_reuse")
+    assert "95.0%" in crit.figure
+
+
+def test_secret_in_any_file_fails(tmp_path):
+    run = make_run(tmp_path, **{"requests_head.txt": f"oops {SECRETS[0]}\n"})
+    assert only_failed(results(run)) == {"no_secrets"}
+
+
+def test_without_secret_list_the_secret_check_cannot_pass(tmp_path):
+    assert only_failed(results(make_run(tmp_path), secrets=[])) == {"no_secrets"}
+
+
+def test_cli_main_writes_summary_and_exit_0_on_fail(tmp_path, monkeypatch, capsys):
+    import io
+    run = make_run(tmp_path, **{"service_status.txt": service_status(("inactive", "dead"))})
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps({"secrets": SECRETS})))
+    assert verdict.main(["--run-dir", str(run), "--expected", str(K), "--max-delay-ms", "1000",
+                         "--secrets-on-stdin"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"verdict": "FAIL", "failed": ["gateway_active"]}
+    assert json.loads((run / "summary.json").read_text())["verdict"] == "FAIL"
+
+
+# ----------------------------------------------------------------------- scrub
+
+def test_mask_known_values_and_generic_shapes():
+    raw = (f"PGLOG_DB_PASSWORD={SECRETS[0]}\nAuthorization: Bearer {SECRETS[1]}\n"
+           "postgresql://u:hunter22@db/x\n{\"password\": \"abc\"}\n"
+           "\"total_tokens\": 30, password_encryption = scram-sha-256\n")
+    out = scrub.mask(raw, scrub.load_secrets(SECRETS))
+    for s in SECRETS + ["hunter22", "abc\""]:
+        assert s not in out
+    assert '"total_tokens": 30' in out and "password_encryption = scram-sha-256" in out
+
+
+def test_short_values_are_not_treated_as_secrets():
+    assert scrub.load_secrets(["ab", None, "longenough"]) == ["longenough"]
+
+
+def test_redact_config_keeps_indirections_and_costs():
+    cfg = ("model_list:\n  - model_name: stub\n    litellm_params:\n      api_key: realkey123\n"
+           "      input_cost_per_token: 1.0e-06\ngeneral_settings:\n"
+           "  master_key: os.environ/LITELLM_MASTER_KEY\n  # a comment\n"
+           f"  custom_auth: litellm_pglog.auth.user_api_key_auth\n  other: {SECRETS[2]}\n")
+    out = scrub.redact_config(cfg, SECRETS)
+    assert "realkey123" not in out and SECRETS[2] not in out
+    assert "master_key: os.environ/LITELLM_MASTER_KEY" in out
+    assert "input_cost_per_token: 1.0e-06" in out and "# a comment" in out
+
+
+def _collected(**over) -> dict:
+    show = {"item": "litellm-gateway.service", "cmd": ["systemctl", "show", "litellm-gateway.service"], "rc": 0,
+            "stdout": "ActiveState=active\nSubState=running\nNRestarts=0", "stderr": ""}
+    status = {"item": "litellm-gateway.service", "cmd": ["systemctl", "status"], "rc": 0,
+              "stdout": f"Active: active (running)\n  env PGLOG_DB_PASSWORD={SECRETS[0]}", "stderr": ""}
+    journal = {"cmd": ["journalctl"], "rc": 0, "stderr": "",
+               "stdout": "noise\n" + connect_log().split("\n", 1)[1]}
+    c = {"secrets": SECRETS, "run_id": "x", "tag": "run:x", "calls": K,
+         "expected_units": {"db": ["postgresql@17-main.service"], "gateway": ["litellm-gateway.service"]},
+         "gateways": ["gateway"],
+         "hosts": {"db": None, "gateway": {"units": ["litellm-gateway.service"], "show": [show],
+                                           "status": [status], "journal": journal, "since": "Fri"}},
+         "chat": {"cmd": ["python3"], "rc": 0, "stdout": json.dumps(chat()), "stderr": ""},
+         "cli": {"join_check_json": {"cmd": ["x"], "rc": 0, "stdout": json.dumps(join()), "stderr": ""},
+                 "requests_head": {"cmd": ["x"], "rc": 1, "stdout": "", "stderr": "boom"}},
+         "db_auth": auth(), "config": f"general_settings:\n  master_key: {SECRETS[1]}\n"}
+    c.update(over)
+    return c
+
+
+def test_evidence_renders_masks_and_writes(tmp_path, monkeypatch, capsys):
+    import io
+    evidence = _load("evidence")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(_collected())))
+    assert evidence.main([str(tmp_path)]) == 0
+    written = set(json.loads(capsys.readouterr().out)["written"])
+    assert {"service_status.txt", "gateway_db_connect.log", "chat_call.json", "requests_head.txt",
+            "responses_head.txt", "join_check.txt", "join_check.json", "db_auth_check.json",
+            "config.redacted.yaml"} <= written
+    for path in tmp_path.iterdir():
+        for secret in SECRETS:
+            assert secret not in path.read_text(), path.name
+    status = (tmp_path / "service_status.txt").read_text()
+    assert "### host=db unit=postgresql@17-main.service\nActiveState=unknown" in status
+    log = (tmp_path / "gateway_db_connect.log").read_text()
+    assert "noise" not in log and "event=connect" in log
+    assert "[stderr]\nboom" in (tmp_path / "requests_head.txt").read_text()
+    assert "error" in json.loads((tmp_path / "responses_head.json").read_text())
+    # the verdict reads what evidence.py wrote: the db host gave no data -> FAIL there
+    res = results(tmp_path)
+    assert res["postgresql_active"] == "FAIL" and res["gateway_active"] == "PASS"
+    assert res["db_tls"] == "PASS" and res["no_secrets"] == "PASS"
+
+
+def test_scrub_refuses_paths(tmp_path):
+    with pytest.raises(ValueError):
+        scrub.write_all(tmp_path, {"files": {"../x": "y"}})
