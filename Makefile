@@ -5,7 +5,8 @@
 #   make lint       yamllint + ansible-lint (production profile)
 #   make unit       host-side pytest of the logging module (tests/, .venv-dev)
 #   make molecule   full molecule test of the two-host test bed
-#   make test       lint + unit + molecule
+#   make test-resilience  fault drills on an own bed (molecule/resilience), ~14 min
+#   make test       lint + unit + molecule + test-resilience (~35 min here)
 #   make demo       long-lived lab bed: converge + validate, prints how to call it
 #   make demo-down  removes the lab bed
 #
@@ -19,6 +20,8 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 PGLOG_BED ?= pglog-test
 PGLOG_SUBNET ?= 10.89.71
+RESILIENCE_BED ?= pglog-res
+RESILIENCE_SUBNET ?= 10.89.73
 DEMO_BED ?= pglog-lab
 DEMO_SUBNET ?= 10.89.70
 DEMO_MODEL ?= stub-small
@@ -35,7 +38,7 @@ bed_env = PGLOG_BED=$(1) PGLOG_SUBNET=$(2) PGLOG_IMAGE=$(PGLOG_IMAGE) \
 	PGLOG_LAB_DIR=$(CURDIR)/.lab/$(1) \
 	MOLECULE_EPHEMERAL_DIRECTORY=$(CURDIR)/.lab/$(1)/molecule
 
-.PHONY: help setup venvs image lint unit molecule test demo demo-down \
+.PHONY: help setup venvs image lint unit molecule test test-resilience demo demo-down \
 	bed-create bed-prepare bed-syntax bed-converge bed-idempotence bed-verify bed-destroy bed-test bed-login
 
 help:
@@ -69,7 +72,14 @@ unit:
 molecule:
 	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule test -s default
 
-test: lint unit molecule
+test: lint unit molecule test-resilience
+
+# Resilience drills (issue 7): own bed, the default scenario's definition as
+# base config (molecule/resilience/molecule.yml holds only the differences).
+# Durations: PGLOG_DRILL_DB_DOWN_S, PGLOG_DRILL_PARTITION_S, PGLOG_DRILL_RATE.
+test-resilience:
+	$(call bed_env,$(RESILIENCE_BED),$(RESILIENCE_SUBNET)) \
+	  molecule -c molecule/default/molecule.yml test -s resilience
 
 bed-create bed-prepare bed-syntax bed-converge bed-idempotence bed-verify bed-destroy bed-test:
 	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule $(@:bed-%=%) -s default

@@ -6,7 +6,9 @@ as the roles do.
 
 import functools
 import os
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import testinfra.utils.ansible_runner
@@ -76,3 +78,30 @@ def bed_container_running(request):
     ).stdout.strip()
     if state != "running":
         pytest.fail(f"bed container {name} is {state or 'missing'}, not running", pytrace=False)
+
+
+PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
+
+
+def run_playbook(playbook, *args, timeout=900):
+    """ansible-playbook against the bed with molecule's inventory and config;
+    returns (exit code, stdout + stderr). Bounded by `timeout` seconds."""
+    eph = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
+    env = dict(os.environ,
+               ANSIBLE_CONFIG=os.path.join(eph, "ansible.cfg"),
+               ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    # the lab inventory finds the bed's generated secrets and CA through it
+    env.setdefault("PGLOG_LAB_DIR", str(PROJECT / ".lab" / os.environ.get("PGLOG_BED", "pglog-test")))
+    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(playbook), *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=PROJECT,
+                       check=False)
+    return p.returncode, p.stdout + p.stderr
+
+
+def play_recap(out, host):
+    """The PLAY RECAP counters of one host (the last recap in `out`)."""
+    found = re.findall(rf"^{re.escape(host)}\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
+                       out, re.M)
+    assert found, f"no recap line for {host}"
+    return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, found[-1])))

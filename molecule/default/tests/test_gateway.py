@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from conftest import hosts_in, inventory_vars
+from conftest import hosts_in, inventory_vars, play_recap, run_playbook
 
 testinfra_hosts = [f"podman://{h}" for h in hosts_in("litellm_gateway")]
 
@@ -131,26 +131,11 @@ def evidence(host, what, tag):
 
 
 def ansible(playbook, *args, check=False, timeout=900):
-    """ansible-playbook against the bed with molecule's inventory and config."""
-    eph = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
-    env = dict(os.environ,
-               ANSIBLE_CONFIG=os.path.join(eph, "ansible.cfg"),
-               ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-               PGLOG_LAB_DIR=str(LAB_DIR),
-               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(playbook), *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=PROJECT)
-    out = p.stdout + p.stderr
+    """ansible-playbook against the bed; with check=True a failure fails the test."""
+    rc, out = run_playbook(playbook, *args, timeout=timeout)
     if check:
-        assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
-    return p.returncode, out
-
-
-def recap(out, host):
-    m = re.search(rf"^{re.escape(host)}\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
-                  out, re.M)
-    assert m, f"no recap line for {host}"
-    return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups())))
+        assert rc == 0, f"ansible-playbook {playbook} failed:\n{out[-4000:]}"
+    return rc, out
 
 
 GATEWAY_ONLY_PLAY = """
@@ -371,7 +356,7 @@ def test_bad_variables_fail_before_any_change(host, gateway_play, tmp_path, case
     rc, out = ansible(gateway_play, "-e", f"@{ev}")
     assert rc != 0
     assert message in out, out[-2000:]
-    r = recap(out, gw_name())
+    r = play_recap(out, gw_name())
     assert r["failed"] == 1 and r["changed"] == 0
     after = host.check_output(
         f"stat -c '%Y' {CONFIG} {ENV_FILE} /etc/systemd/system/{UNIT} && readlink {BASE}/current")

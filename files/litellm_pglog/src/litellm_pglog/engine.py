@@ -39,6 +39,15 @@ def url(settings: Settings) -> URL:
         "application_name": "litellm-pglog",
         # a hung server must not hang the writer forever: the batch is then retried/spooled
         "options": "-c statement_timeout=30000",
+        # A silent network drop (partition, dead host) sends no RST: without these the open
+        # connection waits for the kernel's ~15 min retransmission limit while records pile up
+        # in memory. With them an unanswered write fails after 10 s and an idle dead peer is
+        # noticed in ~19 s, so the writer falls back to the spool.
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "3",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "10000",
     }
     if settings.sslrootcert:
         query["sslrootcert"] = settings.sslrootcert
