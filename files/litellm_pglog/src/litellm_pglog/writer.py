@@ -187,21 +187,10 @@ class Writer:
             t.join(max(0.0, end - time.monotonic()))
         with self._lock:
             self._stopped = True
-            leftovers = []
-            while True:  # only if the thread hung: spool what it did not take
-                try:
-                    item = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not _STOP:
-                    leftovers.append(self._prepare(item))
-            while True:
-                try:
-                    item = self._prepared.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not _STOP:
-                    leftovers.extend(item)
+            # only if the thread hung: spool what it did not take
+            leftovers = [self._prepare(item) for item in _drain(self._q)]
+            for prepared in _drain(self._prepared):
+                leftovers.extend(prepared)
             if leftovers:
                 self._to_spool(leftovers)
         self.write_stats()
@@ -216,14 +205,7 @@ class Writer:
             if batch:
                 self._prepared.put([self._prepare(r) for r in batch])
             if stop_seen:
-                pending = []
-                while True:
-                    try:
-                        item = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not _STOP:
-                        pending.append(item)
+                pending = _drain(self._q)
                 for i in range(0, len(pending), self.settings.batch_size):
                     self._prepared.put([self._prepare(r) for r in pending[i:i + self.settings.batch_size]])
                 self._prepared.put(_STOP)
@@ -445,6 +427,18 @@ class Writer:
             os.replace(tmp, path)
         except OSError as exc:
             emit("stats_write_failed", logging.WARNING, path=path, error=str(exc))
+
+
+def _drain(q: Any) -> list[Any]:
+    """Everything a queue holds right now, without blocking and without _STOP markers."""
+    items = []
+    while True:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return items
+        if item is not _STOP:
+            items.append(item)
 
 
 def _is_conn_error(exc: BaseException) -> bool:
