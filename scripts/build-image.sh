@@ -113,7 +113,14 @@ smoke=pglog-image-smoke-$$
 state=none
 if podman run -d --name "$smoke" --systemd=always "$REF" >/dev/null; then
   # is-system-running exits non-zero unless "running": read its output only.
-  state=$(timeout 60 podman exec "$smoke" systemctl is-system-running --wait || true)
+  # Right after `podman run`, systemd may not have opened its bus yet ("Failed
+  # to connect to system scope bus"): ask again until it answers, for 60 s.
+  deadline=$((SECONDS + 60))
+  while ((SECONDS < deadline)); do
+    state=$(timeout 60 podman exec "$smoke" systemctl is-system-running --wait 2>/dev/null || true)
+    [[ $state == running || $state == degraded ]] && break
+    sleep 1
+  done
 fi
 podman rm -f -t 0 "$smoke" >/dev/null 2>&1 || true
 if [[ $state != running && $state != degraded ]]; then
