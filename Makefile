@@ -1,18 +1,9 @@
 # The README's commands. Everything runs from the repository root with the
-# toolchain in .venv (made by `make setup`).
-#
-#   make setup      host packages, podman settings, venvs, test image
-#   make lint       yamllint + ansible-lint (production profile)
-#   make unit       host-side pytest of the logging module (tests/, .venv-dev)
-#   make molecule   full molecule test of the two-host test bed
-#   make test-resilience  fault drills on an own bed (molecule/resilience), ~14 min
-#   make test       lint + unit + molecule + test-resilience (~35 min here)
-#   make demo       long-lived lab bed: converge + validate, prints how to call it
-#   make demo-down  removes the lab bed
+# toolchain in .venv (made by `make setup`). `make help` lists the targets
+# from their `##` comments.
 #
 # Own bed (several can coexist), e.g.:
 #   PGLOG_BED=pglog-alice PGLOG_SUBNET=10.89.80 make bed-converge
-#   bed-{create,prepare,syntax,converge,idempotence,verify,destroy,test,login}
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -29,69 +20,61 @@ DEMO_MODEL ?= stub-small
 VENV := $(CURDIR)/.venv
 VENV_DEV := $(CURDIR)/.venv-dev
 export PATH := $(VENV)/bin:$(PATH)
-PGLOG_IMAGE := $(shell scripts/build-image.sh --print-ref)
 
 # Environment of one bed: molecule 26 keeps its state under
 # MOLECULE_EPHEMERAL_DIRECTORY (it ignores XDG_CACHE_HOME), so each bed gets
-# its own; PGLOG_LAB_DIR holds the bed's generated secrets and CA.
-bed_env = PGLOG_BED=$(1) PGLOG_SUBNET=$(2) PGLOG_IMAGE=$(PGLOG_IMAGE) \
-	PGLOG_LAB_DIR=$(CURDIR)/.lab/$(1) \
+# its own; PGLOG_LAB_DIR holds the bed's generated secrets and CA. The image
+# is found (or built) by the scenario itself.
+bed_env = PGLOG_BED=$(1) PGLOG_SUBNET=$(2) PGLOG_LAB_DIR=$(CURDIR)/.lab/$(1) \
 	MOLECULE_EPHEMERAL_DIRECTORY=$(CURDIR)/.lab/$(1)/molecule
 
-.PHONY: help setup venvs image lint unit molecule test test-resilience demo demo-down \
-	bed-create bed-prepare bed-syntax bed-converge bed-idempotence bed-verify bed-destroy bed-test bed-login
+.PHONY: help setup venvs image lint unit molecule test test-resilience demo demo-down bed-login
 
-help:
-	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
+help: ## this list
+	@grep -hE '^[a-z][a-z%-]*:.*## ' $(MAKEFILE_LIST) \
+	  | sed -E 's/^([^:]+):.*## (.*)$$/  \1\t\2/' | expand -t 24
 
-setup:
+setup: ## host packages, podman settings, venvs, test image (idempotent)
 	scripts/setup-host.sh
 	$(MAKE) --no-print-directory venvs image
 
-venvs:
+venvs: ## .venv (toolchain) and .venv-dev (logging package, editable) from the hashed locks
 	scripts/setup-venv.sh $(VENV) requirements/control.lock $(PYTHON)
-	@if [[ -f requirements/dev.lock ]]; then \
-	  scripts/setup-venv.sh $(VENV_DEV) requirements/dev.lock $(PYTHON); \
-	else echo "[setup] requirements/dev.lock not present: .venv-dev skipped"; fi
+	scripts/setup-venv.sh $(VENV_DEV) requirements/dev.lock $(PYTHON)
+	@if [[ "$$($(VENV_DEV)/bin/python -c 'import litellm_pglog, os; print(os.path.dirname(litellm_pglog.__file__))' 2>/dev/null)" \
+	      != "$(CURDIR)/files/litellm_pglog/src/litellm_pglog" ]]; then \
+	  $(VENV_DEV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+	    -e files/litellm_pglog; \
+	  echo "[setup] litellm_pglog installed editable into $(VENV_DEV)"; fi
 
-image:
+image: ## the test image (scripts/build-image.sh; built once per content hash)
 	scripts/build-image.sh
 
-lint:
+lint: ## yamllint + ansible-lint (production profile)
 	yamllint --strict .
 	ansible-lint --profile production
 
-# Runs pytest on tests/ once it holds tests; until then says so.
-unit:
-	@if ! compgen -G 'tests/test_*.py' >/dev/null && ! compgen -G 'tests/**/test_*.py' >/dev/null; then \
-	  echo "[unit] no tests in tests/ yet"; exit 0; fi; \
-	if [[ ! -x $(VENV_DEV)/bin/pytest ]]; then \
-	  echo "[unit] $(VENV_DEV) missing: run make setup (needs requirements/dev.lock)" >&2; exit 1; fi; \
-	$(VENV_DEV)/bin/pytest tests/
+unit: ## host-side tests of the logging package and the validate scripts (tests/)
+	$(VENV_DEV)/bin/pytest
 
-molecule:
+molecule: ## full molecule test of the two-host bed (scenario default)
 	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule test -s default
 
-test: lint unit molecule test-resilience
+test: lint unit molecule test-resilience ## everything CI runs
 
-# Resilience drills (issue 7): own bed, the default scenario's definition as
-# base config (molecule/resilience/molecule.yml holds only the differences).
-# Durations: PGLOG_DRILL_DB_DOWN_S, PGLOG_DRILL_PARTITION_S, PGLOG_DRILL_RATE.
-test-resilience:
-	$(call bed_env,$(RESILIENCE_BED),$(RESILIENCE_SUBNET)) \
-	  molecule -c molecule/default/molecule.yml test -s resilience
+test-resilience: ## fault drills on their own bed (scenario resilience)
+	$(call bed_env,$(RESILIENCE_BED),$(RESILIENCE_SUBNET)) molecule test -s resilience
 
-bed-create bed-prepare bed-syntax bed-converge bed-idempotence bed-verify bed-destroy bed-test:
-	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule $(@:bed-%=%) -s default
+bed-%: ## molecule create|prepare|syntax|converge|idempotence|verify|destroy|test of bed PGLOG_BED
+	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule $* -s default
 
-bed-login:
+bed-login: ## shell in a bed host (HOST=db|gateway)
 	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule login -s default --host $(PGLOG_BED)-$(or $(HOST),gateway)
 
-# Long-lived lab bed. Re-running converges the same bed (nothing duplicated).
-demo: setup
+demo: setup ## long-lived lab bed: converge + validate, prints how to call it
 	$(call bed_env,$(DEMO_BED),$(DEMO_SUBNET)) molecule converge -s default
 	$(call bed_env,$(DEMO_BED),$(DEMO_SUBNET)) ansible-playbook \
-	  -i $(CURDIR)/.lab/$(DEMO_BED)/molecule/inventory playbooks/validate.yml
+	  -i $(CURDIR)/.lab/$(DEMO_BED)/molecule/inventory validate.yml
 	@echo
 	@echo "Lab bed $(DEMO_BED): db $(DEMO_SUBNET).19, gateway $(DEMO_SUBNET).18"
 	@echo "Evidence: $(CURDIR)/evidence/latest -> $$(readlink evidence/latest)"
@@ -102,6 +85,6 @@ demo: setup
 	@echo "    -d '{\"model\": \"$(DEMO_MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'"
 	@echo "Remove it: make demo-down"
 
-demo-down:
+demo-down: ## removes the lab bed
 	-$(call bed_env,$(DEMO_BED),$(DEMO_SUBNET)) molecule destroy -s default
 	scripts/bed.sh clean $(DEMO_BED)

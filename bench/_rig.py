@@ -1,14 +1,12 @@
 """Shared set-up of the benchmarks: the same throwaway PostgreSQL (SCRAM + TLS) and proxy rig
-as the tests (tests/pgcluster.py, tests/proxyrig.py). Run with the dev venv's python."""
+as the tests (tests/pgcluster.py, tests/proxyrig.py). Run with the dev venv's python, where
+`make venvs` installs the logging package editable."""
 
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-SRC = os.path.join(ROOT, "files", "litellm_pglog", "src")  # works without the package installed
-sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the test rigs, not the package
 
 from pgcluster import OWNER, OWNER_PW, WRITER, new_cluster  # noqa: E402
 

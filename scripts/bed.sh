@@ -26,7 +26,6 @@ case $cmd in
     cat <<ENV
 export PGLOG_BED=$bed
 export PGLOG_SUBNET=$subnet
-export PGLOG_IMAGE=$("$here/build-image.sh" --print-ref)
 export PGLOG_LAB_DIR=$state_dir
 export MOLECULE_EPHEMERAL_DIRECTORY=$state_dir/molecule
 export PATH=$repo/.venv/bin:\$PATH

@@ -3,20 +3,11 @@ migrated database, writer settings with a private spool/state dir per test."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-# The package is importable even when it is not installed into the venv (the lock installs only
-# its dependencies): from the source tree, here and in the subprocesses (proxy, CLI).
-SRC = os.path.join(os.path.dirname(HERE), "files", "litellm_pglog", "src")
-sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
-
-from pgcluster import DB, OWNER, OWNER_PW, WRITER, new_cluster  # noqa: E402
+# The package comes from the dev venv, where `make venvs` installs it editable
+# (files/litellm_pglog): here and in the subprocesses (proxy, CLI) alike.
+from pgcluster import DB, OWNER, OWNER_PW, WRITER, new_cluster
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -15,7 +15,7 @@ import urllib.request
 from pgcluster import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STUB = os.path.join(ROOT, "files", "upstream_stub", "openai_stub.py")
+STUB = os.path.join(ROOT, "roles", "upstream_stub", "files", "openai_stub.py")
 MASTER_KEY = "sk-master-e2e-Zq1"
 TEAM_KEY = "sk-team-e2e-Yw2"
 

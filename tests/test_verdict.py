@@ -1,4 +1,4 @@
-"""Unit tests of the validation verdict and the evidence scrubber (files/validate/).
+"""Unit tests of the validation verdict and the evidence scrubber (roles/validate/files/).
 
 The verdict is computed from the files of a run directory only, so these tests fabricate
 run directories: one healthy, then each with one defect, and check that exactly the
@@ -7,27 +7,15 @@ matching criterion turns FAIL while the others keep being reported.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-VALIDATE = HERE.parent / "files" / "validate"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"validate_{name}", VALIDATE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-verdict = _load("verdict")
-scrub = _load("scrub")
+import scrub
+import verdict
+import write_evidence
 
 K = 5
 SECRETS = ["writer-pw-0123456789", "sk-master-abcdefghijkl", "owner-pw-9876543210"]
@@ -52,12 +40,22 @@ HBA = [
 ]
 
 
-def service_status(gw_state=("active", "running")) -> str:
+GW_UNIT, PG_UNIT = "litellm-gateway.service", "postgresql@17-main.service"
+
+
+def manifest(pg_unit=PG_UNIT, gw_unit=GW_UNIT, calls=K) -> dict:
+    """run.json as the play writes it: what the verdict judges against."""
+    return {"run_id": "20261127T030000Z", "tag": "run:20261127T030000Z", "expected_calls": calls,
+            "max_logging_delay_ms": 1000, "units": {"litellm_gateway": gw_unit, "postgresql": pg_unit},
+            "expected_units": {"gateway": [gw_unit], "db": [pg_unit]}}
+
+
+def service_status(gw_state=("active", "running"), pg_unit=PG_UNIT) -> str:
     return (
-        "### host=gateway unit=litellm-gateway.service\n"
+        f"### host=gateway unit={GW_UNIT}\n"
         f"$ systemctl show ...\nActiveState={gw_state[0]}\nSubState={gw_state[1]}\nMainPID=123\n"
         "NRestarts=0\n$ systemctl status\n  Active: active (running)\n"
-        "### host=db unit=postgresql@17-main.service\n"
+        f"### host=db unit={pg_unit}\n"
         "ActiveState=active\nSubState=running\nMainPID=77\nNRestarts=0\n"
     )
 
@@ -125,6 +123,7 @@ def make_run(tmp_path: Path, **files) -> Path:
         "responses_head.json": resp_head(),
         "db_auth_check.json": auth(),
         "config.redacted.yaml": "general_settings:\n  master_key: os.environ/LITELLM_MASTER_KEY\n",
+        "run.json": manifest(),
     }
     content.update(files)
     for name, value in content.items():
@@ -136,7 +135,7 @@ def make_run(tmp_path: Path, **files) -> Path:
 
 
 def results(run: Path, secrets=SECRETS) -> dict[str, str]:
-    return {c.name: c.result for c in verdict.compute(run, K, 1000.0, secrets)}
+    return {c.name: c.result for c in verdict.compute(run, secrets)}
 
 
 ALL = ["gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "request_rows",
@@ -156,7 +155,7 @@ def test_healthy_run_passes(tmp_path):
 
 def test_summary_files_are_written(tmp_path):
     run = make_run(tmp_path)
-    crits = verdict.compute(run, K, 1000.0, SECRETS)
+    crits = verdict.compute(run, SECRETS)
     summary = verdict.write_summary(run, crits, {"run_id": "x", "expected_calls": K})
     assert summary["verdict"] == "PASS"
     on_disk = json.loads((run / "summary.json").read_text())
@@ -208,7 +207,7 @@ def test_earlier_broad_md5_rule_shadows_scram_rule(tmp_path):
                    "address": "10.89.71.0", "netmask": "255.255.255.0", "auth_method": "md5", "error": None})
     hba[2]["line_number"] = 3
     crit = next(c for c in verdict.compute(make_run(tmp_path, **{"db_auth_check.json": auth(hba_rules=hba)}),
-                                           K, 1000, SECRETS) if c.name == "db_scram")
+                                           SECRETS) if c.name == "db_scram")
     assert crit.result == "FAIL"
     assert "md5" in crit.figure and "non-TLS" in crit.figure
 
@@ -255,10 +254,10 @@ def test_no_connect_line_fails_tls_and_scram(tmp_path):
 
 def test_pool_reuse_is_reported_never_judged(tmp_path):
     run = make_run(tmp_path, **{"gateway_db_connect.log": connect_log(pools=())})
-    crits = {c.name: c for c in verdict.compute(run, K, 1000, SECRETS)}
+    crits = {c.name: c for c in verdict.compute(run, SECRETS)}
     assert crits["pool_reuse"].result == "INFO"
     run2 = make_run(tmp_path / "b", **{})
-    crit = next(c for c in verdict.compute(run2, K, 1000, SECRETS) if c.name == "pool_reuse")
+    crit = next(c for c in verdict.compute(run2, SECRETS) if c.name == "pool_reuse")
     assert "95.0%" in crit.figure
 
 
@@ -275,8 +274,7 @@ def test_cli_main_writes_summary_and_exit_0_on_fail(tmp_path, monkeypatch, capsy
     import io
     run = make_run(tmp_path, **{"service_status.txt": service_status(("inactive", "dead"))})
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps({"secrets": SECRETS})))
-    assert verdict.main(["--run-dir", str(run), "--expected", str(K), "--max-delay-ms", "1000",
-                         "--secrets-on-stdin"]) == 0
+    assert verdict.main(["--run-dir", str(run), "--secrets-on-stdin"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {"verdict": "FAIL", "failed": ["gateway_active"]}
     assert json.loads((run / "summary.json").read_text())["verdict"] == "FAIL"
@@ -316,7 +314,8 @@ def _collected(**over) -> dict:
               "stdout": f"Active: active (running)\n  env PGLOG_DB_PASSWORD={SECRETS[0]}", "stderr": ""}
     journal = {"cmd": ["journalctl"], "rc": 0, "stderr": "",
                "stdout": "noise\n" + connect_log().split("\n", 1)[1]}
-    c = {"secrets": SECRETS, "run_id": "x", "tag": "run:x", "calls": K,
+    c = {"secrets": SECRETS, "run_id": "x", "tag": "run:x", "calls": K, "max_logging_delay_ms": 1000,
+         "units": {"litellm_gateway": GW_UNIT, "postgresql": PG_UNIT},
          "expected_units": {"db": ["postgresql@17-main.service"], "gateway": ["litellm-gateway.service"]},
          "gateways": ["gateway"],
          "hosts": {"db": None, "gateway": {"units": ["litellm-gateway.service"], "show": [show],
@@ -331,9 +330,8 @@ def _collected(**over) -> dict:
 
 def test_evidence_renders_masks_and_writes(tmp_path, monkeypatch, capsys):
     import io
-    evidence = _load("evidence")
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(_collected())))
-    assert evidence.main([str(tmp_path)]) == 0
+    assert write_evidence.main([str(tmp_path)]) == 0
     written = set(json.loads(capsys.readouterr().out)["written"])
     assert {"service_status.txt", "gateway_db_connect.log", "chat_call.json", "requests_head.txt",
             "responses_head.txt", "join_check.txt", "join_check.json", "db_auth_check.json",
@@ -347,7 +345,8 @@ def test_evidence_renders_masks_and_writes(tmp_path, monkeypatch, capsys):
     assert "noise" not in log and "event=connect" in log
     assert "[stderr]\nboom" in (tmp_path / "requests_head.txt").read_text()
     assert "error" in json.loads((tmp_path / "responses_head.json").read_text())
-    # the verdict reads what evidence.py wrote: the db host gave no data -> FAIL there
+    assert json.loads((tmp_path / "run.json").read_text())["units"]["postgresql"] == PG_UNIT
+    # the verdict reads what write_evidence.py wrote: the db host gave no data -> FAIL there
     res = results(tmp_path)
     assert res["postgresql_active"] == "FAIL" and res["gateway_active"] == "PASS"
     assert res["db_tls"] == "PASS" and res["no_secrets"] == "PASS"
@@ -356,3 +355,35 @@ def test_evidence_renders_masks_and_writes(tmp_path, monkeypatch, capsys):
 def test_scrub_refuses_paths(tmp_path):
     with pytest.raises(ValueError):
         scrub.write_all(tmp_path, {"files": {"../x": "y"}})
+
+
+# ------------------------------------------------------------- the run's manifest
+
+def test_cluster_not_named_main_is_judged_by_the_manifest(tmp_path):
+    """A healthy host whose PostgreSQL cluster is called `logs`: the play names that unit in
+    run.json and the verdict judges it, not a unit name of its own."""
+    unit = "postgresql@17-logs.service"
+    run = make_run(tmp_path, **{"service_status.txt": service_status(pg_unit=unit),
+                                "run.json": manifest(pg_unit=unit)})
+    assert only_failed(results(run)) == set()
+    # and the unit it was told about must really be there: main's section does not count
+    run2 = make_run(tmp_path / "2", **{"run.json": manifest(pg_unit=unit)})
+    assert only_failed(results(run2)) == {"postgresql_active"}
+
+
+def test_verdict_names_no_unit_of_its_own():
+    source = (Path(verdict.__file__)).read_text()
+    assert "postgresql@" not in source and "litellm-gateway.service" not in source
+
+
+@pytest.mark.parametrize("bad", [None, "not json", {"expected_calls": K}, {**manifest(), "units": {}}])
+def test_missing_or_incomplete_manifest_fails(tmp_path, bad):
+    run = make_run(tmp_path, **{"run.json": bad})
+    crits = verdict.compute(run, SECRETS)
+    assert [c.result for c in crits if c.name == "manifest"] == ["FAIL"]
+    assert all(c.result != "PASS" for c in crits if c.name != "no_secrets")
+
+
+def test_expected_calls_come_from_the_manifest(tmp_path):
+    run = make_run(tmp_path, **{"run.json": manifest(calls=K + 1)})
+    assert {"http_chat", "request_rows", "response_rows", "join_integrity"} <= only_failed(results(run))

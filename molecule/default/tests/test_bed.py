@@ -1,17 +1,11 @@
 """The bed itself and the base role: real systemd, packages, time zone,
 name resolution and reachability, no unexpected listeners."""
 
-import os
-from pathlib import Path
-
 import pytest
-import yaml
 
-from conftest import inventory_vars, podman_hosts_in
+from bedlib import inventory_vars, podman_hosts_in, role_defaults
 
 testinfra_hosts = podman_hosts_in("all")
-
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 
 # The TCP port each group's service may listen on: (role, variable). The value
 # comes from the inventory, else from the role's defaults; nothing else may
@@ -21,11 +15,6 @@ SERVICE_PORTS = {
     "litellm_gateway": ("litellm_gateway", "litellm_gateway_port"),
     "upstream_stub": ("upstream_stub", "upstream_stub_port"),
 }
-
-
-def role_defaults(role):
-    path = PROJECT / "roles" / role / "defaults" / "main.yml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
 
 
 def allowed_tcp_ports(name, groups):

@@ -17,39 +17,36 @@ import subprocess
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import testinfra
 
-from conftest import hosts_in, inventory_vars, play_recap, run_playbook
+from bedlib import (
+    ADDRESSES,
+    GATEWAY_BASE,
+    GATEWAY_CONFIG,
+    GATEWAY_ENV_FILE,
+    GATEWAY_PORT,
+    GATEWAY_UNIT,
+    PGLOG_CLI,
+    PROJECT,
+    hosts_in,
+    inventory_vars,
+    lab_secrets,
+    play_recap,
+    run_playbook,
+)
 
 testinfra_hosts = [f"podman://{h}" for h in hosts_in("litellm_gateway")]
 
-PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY") or Path(__file__).resolve().parents[3])
-BED = os.environ.get("PGLOG_BED", "pglog-test")
-LAB_DIR = Path(os.environ.get("PGLOG_LAB_DIR") or PROJECT / ".lab" / BED)
-UNIT = "litellm-gateway.service"
-BASE = "/opt/litellm-gateway"
-VENV_CLI = f"{BASE}/current/bin/litellm-pglog"
-ENV_FILE = "/etc/litellm-gateway/gateway.env"
-CONFIG = "/etc/litellm-gateway/config.yaml"
+UNIT = GATEWAY_UNIT
+BASE = GATEWAY_BASE
+VENV_CLI = PGLOG_CLI
+ENV_FILE = GATEWAY_ENV_FILE
+CONFIG = GATEWAY_CONFIG
 
 
 # --- helpers -------------------------------------------------------------------
-
-def lab_secrets():
-    """The bed's real secret values, as inventory/lab generates them."""
-    d = LAB_DIR / "secrets"
-    values = {
-        "litellm_master_key": "sk-" + (d / "litellm_master_key").read_text().strip(),
-        "pglog_owner_password": (d / "pglog_owner_password").read_text().strip(),
-        "pglog_writer_password": (d / "pglog_writer_password").read_text().strip(),
-        "upstream_stub_api_key": (d / "upstream_stub_api_key").read_text().strip(),
-    }
-    assert all(len(v) >= 16 for v in values.values()), "lab secrets look wrong"
-    return values
-
 
 def gw_name():
     return hosts_in("litellm_gateway")[0]
@@ -64,12 +61,11 @@ def gw_vars():
 
 
 def gw_address():
-    # the bed's addressing (molecule.yml): the gateway is .18 of PGLOG_SUBNET
-    return f"{os.environ.get('PGLOG_SUBNET', '10.89.71')}.18"
+    return ADDRESSES["gateway"]
 
 
 def gw_port():
-    return int(gw_vars().get("litellm_gateway_port", 4000))
+    return int(gw_vars().get("litellm_gateway_port", GATEWAY_PORT))
 
 
 def model_names():
@@ -138,17 +134,15 @@ def ansible(playbook, *args, check=False, timeout=900):
     return rc, out
 
 
-GATEWAY_ONLY_PLAY = """
-- name: Facts of every host (the role reads the db host's address)
+# The gateway tier alone: the facts the role reads (the db host's address),
+# then the tier's release and play files, as a user runs them.
+GATEWAY_ONLY_PLAY = f"""
+- name: Facts of every host
   hosts: all
   gather_facts: true
   tasks: []
-- name: The gateway role alone
-  hosts: litellm_gateway
-  become: true
-  gather_facts: false
-  roles:
-    - role: litellm_gateway
+- ansible.builtin.import_playbook: {PROJECT}/playbooks/wheelhouse.yml
+- ansible.builtin.import_playbook: {PROJECT}/playbooks/gateway.yml
 """
 
 
@@ -307,7 +301,7 @@ def test_second_release_then_rollback(host, gateway_play, tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist"))
     (pkg / "ROLLBACK_TEST").write_text(uuid.uuid4().hex)
     t0 = time.time()
-    _, out = ansible(gateway_play, "-v", "-e", f"litellm_gateway_package_src={pkg}", check=True)
+    _, out = ansible(gateway_play, "-v", "-e", f"wheelhouse_package_src={pkg}", check=True)
     print(f"second release deployed in {time.time() - t0:.0f} s")
     for name, value in lab_secrets().items():
         assert value not in out, f"{name} in ansible-playbook -v output"

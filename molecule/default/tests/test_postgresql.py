@@ -15,25 +15,16 @@ import os
 import random
 import shlex
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import testinfra
 
-from conftest import hosts_in
+from bedlib import BED, LAB_DIR, PG_UNIT, bed_image, hosts_in, lab_secret, play_recap, run_playbook
 
 testinfra_hosts = hosts_in("postgresql")
 
-PG_UNIT = "postgresql@17-main"
 BACKUP_DIR = "/var/backups/postgresql"
 NFT_TABLE = "pglog_postgresql"
-LAB_DIR = Path(
-    os.environ.get("PGLOG_LAB_DIR")
-    or Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-    / ".lab"
-    / os.environ.get("PGLOG_BED", "pglog-test")
-)
 
 # --- a minimal PostgreSQL client: TLS (verify-full) + SCRAM-SHA-256 ----------
 PG_PROBE = r'''
@@ -177,11 +168,6 @@ def probe(target, **params):
 
 
 # --- bed facts -----------------------------------------------------------------
-def _secret(name):
-    text = (LAB_DIR / "secrets" / name).read_text().strip()
-    return text.split(" salt=")[0]
-
-
 @pytest.fixture(scope="module")
 def pg_vars(host):
     v = host.ansible.get_variables()
@@ -214,7 +200,7 @@ def conn(pg_vars, ca_pem, bed_addresses):
         "port": 5432,
         "db": pg_vars["db"],
         "user": pg_vars["writer"],
-        "password": _secret("pglog_writer_password"),
+        "password": lab_secret("pglog_writer_password"),
         "sslmode": "verify-full",
         "ca": ca_pem,
     }
@@ -355,7 +341,7 @@ def test_writer_connects_verify_full_over_tls_with_scram(gateway, conn, pg_vars)
 
 def test_owner_connects_verify_full(gateway, conn, pg_vars):
     out = probe(gateway, **{**conn, "user": pg_vars["owner"],
-                            "password": _secret("pglog_owner_password")})
+                            "password": lab_secret("pglog_owner_password")})
     assert out["ok"], out
     assert out["row"][2] == pg_vars["owner"]
 
@@ -409,8 +395,8 @@ def test_third_host_is_dropped_by_the_firewall(host, conn):
     before = _drop_counter(host)
     params = _b64(json.dumps({**conn, "timeout": 4}))
     result = subprocess.run(
-        ["podman", "run", "--rm", "-i", "--network", os.environ.get("PGLOG_BED", "pglog-test"),
-         "--runtime", "runc", os.environ["PGLOG_IMAGE"], "bash", "-c",
+        ["podman", "run", "--rm", "-i", "--network", BED,
+         "--runtime", "runc", bed_image(), "bash", "-c",
          f"cat > /tmp/p.py; printf %s {params} | base64 -d > /tmp/p.json; python3 /tmp/p.py /tmp/p.json"],
         input=PG_PROBE, capture_output=True, text=True, timeout=120, check=False,
     )
@@ -489,21 +475,14 @@ BAD_VARIABLES = [
 
 @pytest.mark.parametrize("extra,named", BAD_VARIABLES, ids=[b[1] for b in BAD_VARIABLES])
 def test_bad_variables_fail_before_any_change(host, extra, named):
-    eph = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
     name = host.ansible.get_variables()["inventory_hostname"]
-    env = {**os.environ, "ANSIBLE_CONFIG": str(eph / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    run = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"),
-         "-i", str(eph / "inventory"),
-         str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks/site.yml"),
-         # --limit: the gateway play must not run with the bad value either.
-         # The base role pins every host in /etc/hosts and so needs facts of
-         # hosts outside the limit: switched off here (it skips, no change).
-         "--limit", name, "-e", json.dumps({**extra, "base_manage_etc_hosts": False})],
-        capture_output=True, text=True, env=env, timeout=600, check=False,
-    )
-    output = run.stdout + run.stderr  # molecule's ansible.cfg sends failures to stderr
-    assert run.returncode != 0
-    assert named in output, output[-2000:]
-    recap = [ln for ln in run.stdout.splitlines() if ln.startswith(name) and "changed=" in ln]
-    assert recap and "changed=0" in recap[-1], recap
+    rc, out = run_playbook(
+        "site.yml",
+        # --limit: the gateway play must not run with the bad value either.
+        # The base role pins every host in /etc/hosts and so needs facts of
+        # hosts outside the limit: switched off here (it skips, no change).
+        "--limit", name, "-e", json.dumps({**extra, "base_manage_etc_hosts": False}),
+        timeout=600)
+    assert rc != 0
+    assert named in out, out[-2000:]
+    assert play_recap(out, name)["changed"] == 0, out[-2000:]

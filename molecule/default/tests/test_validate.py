@@ -1,4 +1,4 @@
-"""playbooks/validate.yml against the converged bed: the evidence, its honesty, its secrecy.
+"""validate.yml (from the repository root) against the converged bed: the evidence, its honesty, its secrecy.
 
 Runs the real playbook (ansible-playbook with molecule's inventory) from the control node.
 The honesty tests break the deployment in one way each, run validate.yml, and check that
@@ -10,48 +10,34 @@ Runtime: one validate run takes ~1 min on the bed; the module makes seven.
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import testinfra
 
-from conftest import hosts_in
+from bedlib import (
+    GATEWAY_CONFIG,
+    GATEWAY_PORT,
+    GATEWAY_PYTHON,
+    GATEWAY_UNIT,
+    PG_CONF_DIR,
+    PG_UNIT,
+    PROJECT,
+    hosts_in,
+    lab_secrets,
+    run_playbook,
+)
 
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-BED = os.environ.get("PGLOG_BED", "pglog-test")
-LAB_DIR = Path(os.environ.get("PGLOG_LAB_DIR") or PROJECT / ".lab" / BED)
-
-EVIDENCE_FILES = [
-    "service_status.txt", "gateway_db_connect.log", "chat_call.json", "requests_head.txt",
-    "responses_head.txt", "join_check.txt", "SUMMARY.md", "summary.json", "config.redacted.yaml",
-]
+CONTRACT = json.loads((PROJECT / "roles" / "validate" / "files" / "contract.json").read_text())
+EVIDENCE_FILES = [*CONTRACT["evidence_files"]["card"], *CONTRACT["evidence_files"]["config"],
+                  *CONTRACT["evidence_files"]["verdict"], CONTRACT["manifest"]]
 CRITERIA = {
     "gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "request_rows",
     "response_rows", "join_integrity", "logging_delay", "pool_reuse", "no_secrets",
 }
-GATEWAY_UNIT = "litellm-gateway.service"
-PG_UNIT = "postgresql@17-main.service"
-CONFIG = "/etc/litellm-gateway/config.yaml"
-PG_HBA = "/etc/postgresql/17/main/pg_hba.conf"
-VENV_PY = "/opt/litellm-gateway/current/bin/python"
-
-
-def lab_secrets():
-    """The bed's real secret values, as the lab inventory generates them."""
-    d = LAB_DIR / "secrets"
-    values = {
-        "pglog_owner_password": (d / "pglog_owner_password").read_text().strip(),
-        "pglog_writer_password": (d / "pglog_writer_password").read_text().strip(),
-        "litellm_master_key": "sk-" + (d / "litellm_master_key").read_text().strip(),
-    }
-    assert all(len(v) >= 16 for v in values.values()), "lab secrets look wrong"
-    # the password lookup may store "value salt=..." in its file: keep the value
-    return {k: v.split(" salt=")[0] for k, v in values.items()}
+CONFIG = GATEWAY_CONFIG
+PG_HBA = f"{PG_CONF_DIR}/pg_hba.conf"
+VENV_PY = GATEWAY_PYTHON
 
 
 def bed_host(group):
@@ -73,18 +59,21 @@ def evidence_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("evidence")
 
 
+class Played:
+    """One validate.yml run: its exit code and output (the runner's (rc, out))."""
+
+    def __init__(self, rc, out):
+        self.returncode, self.output = rc, out
+
+
 def run_validate(evidence_dir, *extra):
-    env = dict(os.environ, PGLOG_LAB_DIR=str(LAB_DIR), ANSIBLE_FORCE_COLOR="0")
-    env.pop("ANSIBLE_CONFIG", None)  # the repository's ansible.cfg (roles_path)
-    playbook = shutil.which("ansible-playbook") or str(Path(sys.executable).parent / "ansible-playbook")
-    cmd = [playbook, "-i", INVENTORY, "playbooks/validate.yml",
-           "-e", f"validate_evidence_dir={evidence_dir}", *extra]
+    """`ansible-playbook validate.yml -i <bed inventory>` from the repository root."""
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
+    rc, out = run_playbook("validate.yml", "-e", f"validate_evidence_dir={evidence_dir}", *extra)
     latest = evidence_dir / "latest"
     run_dir = latest.resolve() if latest.exists() else None
     summary = json.loads((run_dir / "summary.json").read_text()) if run_dir else None
-    return proc, run_dir, summary, time.monotonic() - t0
+    return Played(rc, out), run_dir, summary, time.monotonic() - t0
 
 
 def results(summary):
@@ -94,7 +83,7 @@ def results(summary):
 def assert_only_failed(proc, summary, expected):
     """The play failed, naming the failed criteria; every criterion is reported; the
     matching one(s) FAIL. Other criteria may fail only where listed as consequences."""
-    out = proc.stdout + proc.stderr
+    out = proc.output
     assert proc.returncode != 0, "validate.yml passed on a broken deployment:\n" + out[-3000:]
     res = results(summary)
     assert set(res) == CRITERIA, f"criteria missing from the report: {CRITERIA - set(res)}"
@@ -110,7 +99,7 @@ def wait_gateway_healthy(gw, timeout=120):
     deadline = time.monotonic() + timeout
     addr = gw.run("hostname -I").stdout.split()[0]
     while time.monotonic() < deadline:
-        if gw.run(f"curl -sf -o /dev/null http://{addr}:4000/health/liveliness").rc == 0:
+        if gw.run(f"curl -sf -o /dev/null http://{addr}:{GATEWAY_PORT}/health/liveliness").rc == 0:
             return
         time.sleep(2)
     pytest.fail("gateway did not become healthy after the repair")
@@ -133,7 +122,7 @@ def healthy_run(evidence_dir):
 
 def test_validate_passes_on_the_converged_bed(healthy_run):
     proc, run_dir, summary = healthy_run
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, proc.output[-4000:]
     assert summary["verdict"] == "PASS", json.dumps(summary, indent=1)
     res = results(summary)
     assert set(res) == CRITERIA
@@ -262,12 +251,18 @@ def test_md5_in_pg_hba_fails_db_scram(db, evidence_dir):
     assert "md5" in crit["figure"]
 
 
-def test_two_runs_make_two_directories_and_latest_follows(evidence_dir, healthy_run):
+def test_a_run_from_elsewhere_lands_in_the_root_evidence_dir(tmp_path, healthy_run):
+    """`ansible-playbook /path/to/validate.yml` started in another directory, without
+    validate_evidence_dir: the run goes to evidence/ at the repository root and latest
+    follows it; the earlier run is kept."""
     _, first_dir, _ = healthy_run
     time.sleep(1.1)  # run ids have a resolution of one second
-    proc, second_dir, summary, _ = run_validate(evidence_dir)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert second_dir != first_dir and first_dir.is_dir() and second_dir.is_dir()
+    rc, out = run_playbook(PROJECT / "validate.yml", cwd=tmp_path)
+    assert rc == 0, out[-3000:]
+    root = PROJECT / "evidence"
+    second_dir = (root / "latest").resolve()
+    assert second_dir.parent == root and second_dir.is_dir() and first_dir.is_dir()
     assert second_dir.name > first_dir.name
-    assert os.readlink(evidence_dir / "latest") == second_dir.name
-    assert summary["verdict"] == "PASS"
+    assert os.readlink(root / "latest") == second_dir.name
+    assert json.loads((second_dir / "summary.json").read_text())["verdict"] == "PASS"
+    assert not (tmp_path / "evidence").exists()

@@ -1,6 +1,6 @@
 """Resilience drills (issue 7): no log record lost under faults and load.
 
-Each drill runs files/loadgen/loadgen.py ON the db container against the gateway's bed
+Each drill runs molecule/shared/loadgen.py ON the db container against the gateway's bed
 address (traffic stays inside the bed), injects one fault, repairs it, waits (bounded) until
 the logging has settled, and prints ONE JSON line with its figures, also appended to
 $PGLOG_LAB_DIR/drills.jsonl. Figures come from the database itself (psql on the db host):
@@ -30,12 +30,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hosts_in, inventory_vars
+import bedlib
+from bedlib import (
+    ADDRESSES,
+    GATEWAY_CONFIG_DIR,
+    GATEWAY_ENV_FILE,
+    GATEWAY_UNIT,
+    LAB_DIR,
+    PG_UNIT,
+    PGLOG_CLI,
+    hosts_in,
+    inventory_vars,
+    lab_secrets,
+    run_playbook,
+)
 
-PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY") or Path(__file__).resolve().parents[3])
-BED = os.environ.get("PGLOG_BED", "pglog-test")
-SUBNET = os.environ.get("PGLOG_SUBNET", "10.89.71")
-LAB_DIR = Path(os.environ.get("PGLOG_LAB_DIR") or PROJECT / ".lab" / BED)
 OUT = LAB_DIR / "drills.jsonl"
 
 DB_DOWN_S = float(os.environ.get("PGLOG_DRILL_DB_DOWN_S", "120"))
@@ -45,13 +54,12 @@ SETTLE_S = float(os.environ.get("PGLOG_DRILL_SETTLE_S", "180"))
 
 DB = hosts_in("postgresql")[0]
 GW = hosts_in("litellm_gateway")[0]
-DB_ADDR, GW_ADDR = f"{SUBNET}.19", f"{SUBNET}.18"
-PG_UNIT = "postgresql@17-main"
-GW_UNIT = "litellm-gateway.service"
-ENV_FILE = "/etc/litellm-gateway/gateway.env"
-CLI = "/opt/litellm-gateway/current/bin/litellm-pglog"
-DROPIN = "/etc/systemd/system/litellm-gateway.service.d/zz-resilience-drill.conf"
-DRILL_ENV = "/etc/litellm-gateway/resilience-drill.env"
+DB_ADDR, GW_ADDR = ADDRESSES["db"], ADDRESSES["gateway"]
+GW_UNIT = GATEWAY_UNIT
+ENV_FILE = GATEWAY_ENV_FILE
+CLI = PGLOG_CLI
+DROPIN = f"/etc/systemd/system/{GATEWAY_UNIT}.d/zz-resilience-drill.conf"
+DRILL_ENV = f"{GATEWAY_CONFIG_DIR}/resilience-drill.env"
 LOADGEN = "/usr/local/lib/pglog-drill/loadgen.py"
 KEY_FILE = "/root/.pglog-drill-key"
 STOP_FILE = "/tmp/pglog-drill-stop"
@@ -223,9 +231,9 @@ def drill_bed():
     answer before the first drill. Removes the key afterwards."""
     LAB_DIR.mkdir(parents=True, exist_ok=True)
     OUT.write_text("")  # the file holds the lines of this run only
-    key = "sk-" + (LAB_DIR / "secrets" / "litellm_master_key").read_text().strip()
+    key = lab_secrets()["litellm_master_key"]
     sh(DB, f"mkdir -p {os.path.dirname(LOADGEN)}; umask 077; : > {KEY_FILE}")
-    subprocess.run(["podman", "cp", str(PROJECT / "files" / "loadgen" / "loadgen.py"), f"{DB}:{LOADGEN}"],
+    subprocess.run(["podman", "cp", str(Path(bedlib.__file__).with_name("loadgen.py")), f"{DB}:{LOADGEN}"],
                    check=True, timeout=60)
     subprocess.run(["podman", "exec", "-i", DB, "sh", "-c", f"umask 077; cat > {KEY_FILE}"],
                    input=key, text=True, check=True, timeout=60)
@@ -420,25 +428,18 @@ def test_drill5_password_rotation():
     assert " " not in old.strip(), "unexpected lookup file format (salt/encrypt?)"
     new = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
     load = Load(tag, duration=900, count=100_000)
-    eph = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(eph, "ansible.cfg"),
-               ANSIBLE_ROLES_PATH=str(PROJECT / "roles"), PGLOG_LAB_DIR=str(LAB_DIR),
-               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
     try:
         time.sleep(5)
         secret.write_text(new + "\n")
         t0 = time.time()
-        p = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-                            str(PROJECT / "playbooks" / "site.yml"), "--limit", f"{DB},{GW}"],
-                           capture_output=True, text=True, env=env, timeout=900, cwd=PROJECT)
+        rc, out = run_playbook("site.yml", "--limit", f"{DB},{GW}")
         playbook_s = round(time.time() - t0, 1)
         time.sleep(10)  # load on the new password too
     finally:
         load.stop()
     summary, calls = load.wait()
-    tail = (p.stdout + p.stderr)[-3000:]
-    assert p.returncode == 0, f"site.yml (rotation) failed:\n{tail}"
-    assert new not in p.stdout + p.stderr, "the new password appears in ansible output"
+    assert rc == 0, f"site.yml (rotation) failed:\n{out[-3000:]}"
+    assert new not in out, "the new password appears in ansible output"
     env_ok = sh(GW, f"grep -c -F {shlex.quote(new)} {ENV_FILE}", check=False).stdout.strip() == "1"
     line = record(5, "password_rotation", tag, summary, settle(tag, calls), playbook_s=playbook_s,
                   gateway_env_has_new_password=env_ok)

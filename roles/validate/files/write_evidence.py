@@ -2,33 +2,34 @@
 """Renders the evidence files of one validation run from what validate.yml collected
 (stdlib only, control node), masks every secret and writes them.
 
-    evidence.py RUN_DIR < collected.json
+    write_evidence.py RUN_DIR < collected.json
 
 stdin carries the secrets to mask (never a command line or the environment, which
 Ansible shows at high verbosity) and the raw results of the collecting tasks:
 
-  {"secrets": [...], "run_id": ..., "tag": ..., "calls": K,
+  {"secrets": [...], "run_id": ..., "tag": ..., "calls": K, "max_logging_delay_ms": MS,
+   "units": {group: unit}, "expected_units": {host: [unit, ...]},
    "hosts": {host: {"groups": [...], "units": [...], "show": [cmdres], "status": [cmdres],
                     "journal": cmdres | null, "since": str} | null},
    "chat": cmdres, "cli": {name: cmdres}, "db_auth": {...}, "config": str}
 
   cmdres = {"cmd": [...], "rc": int, "stdout": str, "stderr": str}
 
-Writes service_status.txt, gateway_db_connect.log, chat_call.json, requests_head.txt,
-responses_head.txt, join_check.txt (+ the CLI's --json output as *.json, which is what
-verdict.py judges), db_auth_check.json and config.redacted.yaml. Raw output is kept
-as it came; only secrets are masked (scrub.py).
+Writes the run's manifest (run.json: what the verdict judges against) and the files that
+contract.json lists: service_status.txt, gateway_db_connect.log, chat_call.json,
+requests_head.txt, responses_head.txt, join_check.txt (+ the CLI's --json output as *.json,
+which is what verdict.py judges), db_auth_check.json and config.redacted.yaml. Raw output
+is kept as it came; only secrets are masked (scrub.py).
 """
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scrub  # noqa: E402
+import contract  # beside this script (sys.path[0] when run as a script)
+import scrub
 
 CLI_FILES = {
     "requests_head": "requests_head.txt",
@@ -38,7 +39,6 @@ CLI_FILES = {
     "responses_head_json": "responses_head.json",
     "join_check_json": "join_check.json",
 }
-_EVENT = re.compile(r"event=(connect|pool_stats) ")
 
 
 def _cmd(res: dict[str, Any] | None) -> str:
@@ -88,8 +88,9 @@ def connect_log(hosts: dict[str, Any], gateways: list[str]) -> str:
         parts.append(f"### host={host} unit={unit} since={data.get('since') or 'boot'}")
         parts.append(_cmd(journal))
         if journal:
-            lines = [ln for ln in (journal.get("stdout") or "").splitlines() if _EVENT.search(ln)]
-            parts += lines or ["(no event=connect / event=pool_stats line since the unit's start)"]
+            lines = [ln for ln in (journal.get("stdout") or "").splitlines()
+                     if (contract.parse_event(ln) or ("",))[0] in contract.EVIDENCE_EVENTS]
+            parts += lines or [f"(no event={' / event='.join(contract.EVIDENCE_EVENTS)} line since the unit's start)"]
             if journal.get("rc") not in (0, 1) and journal.get("stderr"):
                 parts.append("[stderr] " + journal["stderr"].strip())
     return "\n".join(parts)
@@ -129,8 +130,19 @@ def render(c: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     cli = c.get("cli") or {}
     for key, name in CLI_FILES.items():
         files[name] = cli_json(cli.get(key)) if name.endswith(".json") else cli_text(cli.get(key))
+    files[contract.MANIFEST] = json.dumps(manifest(c), indent=2, sort_keys=True)
     config = {"config.redacted.yaml": c.get("config") or "# config.yaml could not be read\n"}
+    missing = set(contract.CARD_FILES + contract.JUDGED_FILES + contract.CONFIG_FILES) - set(files) - set(config)
+    if missing:  # the contract and this renderer disagree: a bug, never a silent gap
+        raise RuntimeError(f"write_evidence.py renders no {sorted(missing)}")
     return files, config
+
+
+def manifest(c: dict[str, Any]) -> dict[str, Any]:
+    """What the verdict judges against: the run, its bounds and the unit of each group."""
+    return {"run_id": c.get("run_id"), "tag": c.get("tag"), "expected_calls": c.get("calls"),
+            "max_logging_delay_ms": c.get("max_logging_delay_ms"), "units": c.get("units") or {},
+            "expected_units": c.get("expected_units") or {}}
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Computes the validation verdict from the evidence files of one run (stdlib only).
 
-    verdict.py --run-dir DIR --expected K --max-delay-ms MS
+    verdict.py --run-dir DIR [--secrets-on-stdin]
 
 Reads only files of DIR (so the verdict can be recomputed, and unit-tested,
 from a run directory alone) and writes DIR/summary.json and DIR/SUMMARY.md.
@@ -9,7 +9,10 @@ Every PASS below is computed from a figure found in a file; a missing or
 unreadable file makes its criteria FAIL, never PASS. Exit status: 0 when
 the summary was written (whatever the verdict), 2 on bad arguments.
 
-Inputs (written by playbooks/validate.yml):
+Inputs (written by validate.yml; names and line format from contract.json):
+  run.json                the run's manifest: run id, tag, expected calls, the logging
+                          delay bound, and the unit each host group must run (as the
+                          play derived them from the roles' variables)
   service_status.txt      `### host=H unit=U` sections with `systemctl show` lines
   gateway_db_connect.log  `### host=H` sections with `event=connect {json}` lines
   chat_call.json          chat_call.py output: {"exchange": ..., "calls": [...]}
@@ -31,6 +34,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import contract  # beside this script (sys.path[0] when run as a script)
 
 SCRAM = "scram-sha-256"
 
@@ -107,15 +112,9 @@ def event_lines(text: str | None, event: str) -> list[tuple[str, dict[str, Any]]
     out = []
     for attrs, lines in sections(text):
         for line in lines:
-            idx = line.find(f"event={event} ")
-            if idx < 0:
-                continue
-            try:
-                payload = json.loads(line[idx + len(event) + 7:])
-            except ValueError:
-                continue
-            if isinstance(payload, dict):
-                out.append((attrs.get("host", "?"), payload))
+            parsed = contract.parse_event(line)
+            if parsed and parsed[0] == event:
+                out.append((attrs.get("host", "?"), parsed[1]))
     return out
 
 
@@ -386,7 +385,7 @@ def check_secrets(run_dir: Path, secrets: list[str]) -> Criterion:
     if not secrets:
         return Criterion("no_secrets", title, False, "no secret values given to check against", "*")
     hits = []
-    files = sorted(p for p in run_dir.iterdir() if p.is_file() and p.name not in ("SUMMARY.md", "summary.json"))
+    files = sorted(p for p in run_dir.iterdir() if p.is_file() and p.name not in contract.VERDICT_FILES)
     for path in files:
         text = path.read_text(encoding="utf-8", errors="replace")
         hits += [path.name for s in secrets if s in text]
@@ -397,18 +396,46 @@ def check_secrets(run_dir: Path, secrets: list[str]) -> Criterion:
 
 # ------------------------------------------------------------------- output
 
-def compute(run_dir: Path, expected: int, max_delay_ms: float, secrets: list[str]) -> list[Criterion]:
+@dataclass
+class Manifest:
+    """What the run was asked to prove (run.json, written by the play): the verdict judges
+    the files against it, never against names of its own."""
+    run_id: str
+    expected_calls: int
+    max_logging_delay_ms: float
+    units: dict[str, str]  # group -> unit name every host of the group must run
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Manifest | None:
+        data = read_json(run_dir, contract.MANIFEST)
+        try:
+            units = {str(k): str(v) for k, v in data["units"].items()}
+            manifest = cls(str(data.get("run_id") or ""), int(data["expected_calls"]),
+                           float(data["max_logging_delay_ms"]), units)
+        except (TypeError, KeyError, ValueError, AttributeError):
+            return None
+        if manifest.expected_calls < 1 or not {"litellm_gateway", "postgresql"} <= units.keys():
+            return None
+        return manifest
+
+
+def compute(run_dir: Path, secrets: list[str]) -> list[Criterion]:
+    m = Manifest.read(run_dir)
+    if m is None:
+        return [Criterion("manifest", "The run's manifest names the calls and the units to judge", False,
+                          f"{contract.MANIFEST} missing or incomplete: nothing can be judged", contract.MANIFEST),
+                check_secrets(run_dir, secrets)]
     crits = [
-        check_units(run_dir, "litellm-gateway.service", "gateway_active",
+        check_units(run_dir, m.units["litellm_gateway"], "gateway_active",
                     "Gateway service active on every litellm_gateway host"),
-        check_units(run_dir, "postgresql@17-main.service", "postgresql_active",
+        check_units(run_dir, m.units["postgresql"], "postgresql_active",
                     "PostgreSQL active on every postgresql host"),
         check_tls(run_dir),
         check_scram(run_dir),
-        check_http(run_dir, expected),
+        check_http(run_dir, m.expected_calls),
     ]
-    crits += check_rows(run_dir, expected)
-    crits.append(check_delay(run_dir, max_delay_ms))
+    crits += check_rows(run_dir, m.expected_calls)
+    crits.append(check_delay(run_dir, m.max_logging_delay_ms))
     crits.append(check_pool(run_dir))
     crits.append(check_secrets(run_dir, secrets))
     return crits
@@ -442,22 +469,21 @@ def write_summary(run_dir: Path, crits: list[Criterion], meta: dict[str, Any]) -
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", required=True, type=Path)
-    ap.add_argument("--expected", required=True, type=int)
-    ap.add_argument("--max-delay-ms", required=True, type=float)
-    ap.add_argument("--run-id", default="")
     ap.add_argument("--secrets-on-stdin", action="store_true",
                     help='read {"secrets": [...]} from stdin (the values to search the files for)')
     args = ap.parse_args(argv)
-    if not args.run_dir.is_dir() or args.expected < 1:
-        print("verdict.py: --run-dir must exist and --expected be >= 1", file=sys.stderr)
+    if not args.run_dir.is_dir():
+        print("verdict.py: --run-dir must be an existing directory", file=sys.stderr)
         return 2
     raw = sys.stdin.read() if args.secrets_on_stdin else ""
     values = (json.loads(raw) if raw.strip() else {}).get("secrets") or []
-    secrets = sorted({str(s) for s in values if s is not None and len(str(s)) >= 6})
-    crits = compute(args.run_dir, args.expected, args.max_delay_ms, secrets)
-    meta = {"run_id": args.run_id, "tag": f"run:{args.run_id}" if args.run_id else None,
+    secrets = sorted({str(s) for s in values if contract.is_secret(s)})
+    crits = compute(args.run_dir, secrets)
+    m = Manifest.read(args.run_dir)
+    meta = {"run_id": m.run_id if m else "", "tag": f"run:{m.run_id}" if m and m.run_id else None,
             "computed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "expected_calls": args.expected, "max_logging_delay_ms": args.max_delay_ms}
+            "expected_calls": m.expected_calls if m else None,
+            "max_logging_delay_ms": m.max_logging_delay_ms if m else None}
     summary = write_summary(args.run_dir, crits, meta)
     print(json.dumps({"verdict": summary["verdict"], "failed": summary["failed"]}))
     return 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Masks secrets in evidence text and writes the files (stdlib only, control node).
 
-validate.yml never writes raw output to disk: evidence.py renders it and calls
+validate.yml never writes raw output to disk: write_evidence.py renders it and calls
 write_all() here. Files are masked; config files are also redacted key by key
 (secret-looking keys whose value is not an os.environ/ indirection). The known
 secret values (the inventory's passwords and keys, the env file's secret values)
@@ -15,10 +15,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import contract  # beside this script (sys.path[0] when run as a script)
+
 MASK = "********"
-# Values shorter than this are not treated as secrets (masking "a" would
-# shred the evidence); the vault's values are long random strings.
-MIN_SECRET_LEN = 6
 
 _GENERIC = [
     # postgresql://user:secret@host  -> postgresql://user:********@host
@@ -48,7 +47,7 @@ def load_secrets(values: list) -> list[str]:
     contains another is masked whole)."""
     if not isinstance(values, list):
         raise ValueError("secrets must be a JSON list of strings")
-    secrets = {str(v) for v in values if v is not None and len(str(v)) >= MIN_SECRET_LEN}
+    secrets = {str(v) for v in values if contract.is_secret(v)}
     return sorted(secrets, key=len, reverse=True)
 
 
