@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import query
+from litellm_pglog.schema import code_head
 from pgcluster import DB, wait_until
 from proxyrig import MASTER_KEY, TEAM_KEY, Proxy, Stub, cli, http
 
@@ -198,7 +199,7 @@ def test_refuses_to_start_on_schema_mismatch(cluster, migrated, stub, tmp_path):
     finally:
         p.kill()
         with cluster.admin(DB) as conn:
-            conn.cursor().execute("UPDATE alembic_version SET version_num = '0001'")
+            conn.cursor().execute("UPDATE alembic_version SET version_num = %s", (code_head(),))
 
 
 def test_restart_with_records_queued_and_db_down_loses_nothing(cluster, migrated, stub, tmp_path):

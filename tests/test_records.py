@@ -29,6 +29,37 @@ def test_capture_takes_only_known_fields_by_reference():
     assert raw["messages"] is s["messages"]
 
 
+def test_capture_gives_each_event_its_own_key_fixed_at_hand_off():
+    s = slo()
+    first, second = records.capture(s), records.capture(s)
+    assert first["event_id"] != second["event_id"] and len(first["event_id"]) == 32
+    assert first["event_time"] == second["event_time"] == 1000.0  # the request's start
+    # preparing the same record twice (a replay) gives the same unique key
+    a, b = records.prepare(first, 262144), records.prepare(dict(first), 262144)
+    assert (a["created_at"], a["event_id"]) == (b["created_at"], b["event_id"]) == (1000.0, a["event_id"])
+    assert records.prepare(second, 262144)["event_id"] != a["event_id"]
+    # no start time from LiteLLM: the hand-off time, fixed in the record
+    raw = records.capture(slo(startTime=None))
+    assert raw["event_time"] > 1000.0 and records.prepare(raw, 262144)["created_at"] == raw["event_time"]
+
+
+def test_overlong_or_unclean_identity_text_never_becomes_equal():
+    base = "c" * 256
+    ids = [base, base[:-1] + "d", base + "e", base + "f", "a\x00b", "a\\u0000b", "x\ud800", "x\ufffd",
+           "ok" + records.IDENT_MARK + "0" * 64]
+    stored = [records.ident(v, records.CALL_ID_LEN) for v in ids]
+    assert len(set(stored)) == len(ids)
+    assert all(len(v) <= records.CALL_ID_LEN for v in stored)
+    assert stored[0] == base and stored[1] == base[:-1] + "d"  # up to 256 characters: verbatim
+    assert stored[2].endswith(records.IDENT_MARK + hashlib.sha256(ids[2].encode()).hexdigest())
+    assert stored[4] != "a\\u0000b" and stored[5] == "a\\u0000b"  # a NUL is not the literal escape
+    for s in stored:
+        s.encode("utf-8")  # PostgreSQL accepts every one
+    # narrow columns too (call_type is VARCHAR(64)): cut values stay apart
+    narrow = {records.ident("t" * 100 + str(i), 64) for i in range(50)}
+    assert len(narrow) == 50 and all(len(v) == 64 for v in narrow)
+
+
 def test_prepare_success_row():
     row = records.prepare(records.capture(slo()), 262144)
     assert row["call_id"] == "call-1" and row["model"] == "gpt-stub" and row["status"] == "success"
@@ -60,7 +91,7 @@ def test_nul_is_escaped_not_dropped_in_json_and_text():
     row = records.prepare(raw, 262144)
     assert "\\u0000" not in row["payload"].replace("\\\\u0000", "")  # no JSON NUL escape left
     assert json.loads(row["payload"])["messages"][0]["content"] == "a\\u0000b"
-    assert row["model"] == "m\\u0000x"
+    assert row["model"].startswith("m\\u0000x" + records.IDENT_MARK)  # escaped, and marked as altered
 
 
 def test_literal_backslash_u0000_text_is_left_alone():

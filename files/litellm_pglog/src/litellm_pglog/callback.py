@@ -46,9 +46,10 @@ class PglogCallback(CustomLogger):
             self.missing_slo += 1
             emit("missing_standard_logging_object", logging.WARNING, call_id=kwargs.get("litellm_call_id"))
             return
-        raw = capture(slo)
-        # The dedupe key is LiteLLM's call id (uuid4, = the x-litellm-call-id response header).
-        # slo["id"] is not: in 1.108.7 it is the provider's response id when there is one.
+        raw = capture(slo)  # gives the event its own id and time: the row's unique key
+        # The call id stored (and searchable, not unique) is LiteLLM's (= the x-litellm-call-id
+        # response header, which a caller may choose). slo["id"] is not: in 1.108.7 it is the
+        # provider's response id when there is one.
         raw["id"] = kwargs.get("litellm_call_id") or slo.get("id")
         self.writer.submit(raw)
 

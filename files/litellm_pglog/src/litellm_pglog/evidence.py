@@ -2,6 +2,11 @@
 
 Every number comes from one query against the live tables; nothing is computed elsewhere.
 A run is the set of request rows whose `tags` JSONB array contains the run tag.
+
+Since revision 0002 a row's identity is (created_at, event_id), chosen by the logger; LiteLLM's
+call id is what the client saw (x-litellm-call-id) and a caller may reuse it. join-check reports
+`duplicate_call_ids` (rows of the run minus distinct call ids) as information: calls sharing a
+call id each still have their own request/response pair, so they do not lower `integrity_pct`.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 REQUESTS_HEAD = text("""
-SELECT q.id, q.call_id, q.created_at, q.logged_at, q.model, q.call_type, q.stream,
+SELECT q.id, q.event_id, q.call_id, q.created_at, q.logged_at, q.model, q.call_type, q.stream,
        left(q.api_key_hash, 12) AS api_key_hash12, q.end_user, q.tags,
        octet_length(q.payload::text) AS payload_bytes
 FROM requests q

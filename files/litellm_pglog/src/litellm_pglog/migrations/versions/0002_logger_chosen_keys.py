@@ -1,0 +1,53 @@
+"""the logger chooses the unique key; a caller's call id is searchable, not unique
+
+- requests.event_id UUID NOT NULL: existing rows get the id records.legacy_event_id() derives
+  from their call_id (unique until now, so the derived ids are unique too), so a spool segment
+  written by the previous release replays onto the same rows instead of duplicating them;
+- UNIQUE (created_at, event_id) replaces UNIQUE (call_id) as the dedupe key (it contains the
+  event time, as a time-partitioned table will need);
+- requests.call_id widened to VARCHAR(256) (LiteLLM accepts caller call ids that long) and
+  indexed without uniqueness.
+
+Existing rows are kept. Runs in the migrate transaction, under its advisory lock.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-02
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+# records.LEGACY_EVENT_ID_LABEL: the first 128 bits of sha256(label || call_id), as a uuid.
+# Written out here: a migration must not change when the package's code does.
+_LEGACY_LABEL = "litellm_pglog/legacy_event_id/v1:"
+
+
+def upgrade() -> None:
+    op.add_column("requests", sa.Column("event_id", postgresql.UUID(as_uuid=False), nullable=True))
+    op.execute(
+        sa.text(
+            "UPDATE requests SET event_id = CAST(substr(encode(sha256(convert_to(:label || call_id, 'UTF8')),"
+            " 'hex'), 1, 32) AS uuid) WHERE event_id IS NULL"
+        ).bindparams(label=_LEGACY_LABEL)
+    )
+    op.alter_column("requests", "event_id", nullable=False)
+    op.drop_constraint("uq_requests_call_id", "requests", type_="unique")
+    op.alter_column("requests", "call_id", type_=sa.String(256), existing_nullable=False)
+    op.create_index("ix_requests_call_id", "requests", ["call_id"])
+    op.create_unique_constraint("uq_requests_created_at_event_id", "requests", ["created_at", "event_id"])
+
+
+def downgrade() -> None:
+    # Only possible while no call id is used twice and every call id fits 64 characters again.
+    op.drop_constraint("uq_requests_created_at_event_id", "requests", type_="unique")
+    op.drop_index("ix_requests_call_id", "requests")
+    op.alter_column("requests", "call_id", type_=sa.String(64), existing_nullable=False)
+    op.create_unique_constraint("uq_requests_call_id", "requests", ["call_id"])
+    op.drop_column("requests", "event_id")

@@ -1,0 +1,80 @@
+"""Issue 11 (security and audit correctness) against the real `litellm` proxy with our callback,
+custom_auth and guard, the upstream stub and the real PostgreSQL cluster: what a hostile caller
+can send must neither hide, fake nor mislabel a logged call."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from conftest import query
+from pgcluster import wait_until
+from proxyrig import TEAM_KEY, Proxy, Stub, cli, http
+
+pytestmark = pytest.mark.slow
+
+
+def tag() -> str:
+    return f"run:{uuid.uuid4().hex[:12]}"
+
+
+def run_rows(cluster, t):
+    return query(cluster, "SELECT count(*) FROM requests WHERE tags @> %s::jsonb", (json.dumps([t]),))[0][0]
+
+
+def evidence(cluster, what, t, *extra):
+    env = {**os.environ, **cluster.env()}
+    out = subprocess.run([*cli(), "evidence", what, "--tag", t, "--json", *extra],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def stub():
+    s = Stub()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(cluster, migrated, stub, tmp_path_factory):
+    p = Proxy(str(tmp_path_factory.mktemp("secproxy")), stub.port, {**cluster.env(), "PGLOG_FLUSH_MS": "50"})
+    p.start()
+    yield p
+    assert p.stop() == 0, p.tail()
+
+
+def chat_with_call_id(proxy, t, call_id, content="same id"):
+    body = {"model": "gpt-stub", "messages": [{"role": "user", "content": content}], "metadata": {"tags": [t]}}
+    import urllib.request
+
+    req = urllib.request.Request(proxy.url + "/v1/chat/completions", json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json",
+                                          "x-litellm-call-id": call_id})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.status, resp.headers.get("x-litellm-call-id")
+
+
+# ---- finding 1: the caller cannot keep calls out of the log -------------------------------------------
+def test_reused_or_prefix_equal_call_ids_still_give_every_call_its_rows(proxy, cluster):
+    t = tag()
+    same = f"fixed-{uuid.uuid4().hex}"
+    long_a = "L" * 255 + "a"  # LiteLLM takes caller call ids up to 256 characters
+    long_b = "L" * 255 + "b"
+    ids = [same] * 4 + ["P" * 64 + "-first", "P" * 64 + "-second", long_a, long_b]
+    for i, call_id in enumerate(ids):
+        status, echoed = chat_with_call_id(proxy, t, call_id, f"call {i}")
+        assert status == 200 and echoed == call_id
+    n = len(ids)
+    assert wait_until(lambda: run_rows(cluster, t) == n, 20), run_rows(cluster, t)
+    stored = [c for (c,) in query(cluster, "SELECT call_id FROM requests WHERE tags @> %s::jsonb ORDER BY id",
+                                  (json.dumps([t]),))]
+    assert sorted(stored) == sorted(ids)  # stored verbatim, searchable, none merged
+    jc = evidence(cluster, "join-check", t, "--expected", str(n))
+    assert (jc["request_rows"], jc["response_rows"], jc["matched_pairs"], jc["integrity_pct"]) == (n, n, n, 100.0)
+    assert jc["duplicate_call_ids"] == 3  # reported as information, not as missing rows
+    assert not proxy.events("duplicate")
