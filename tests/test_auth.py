@@ -6,6 +6,7 @@ import hashlib
 import pytest
 from fastapi import HTTPException
 
+from litellm_pglog import records
 from litellm_pglog.auth import user_api_key_auth
 
 
@@ -35,7 +36,7 @@ def test_wrong_key_is_401(key):
 
 def test_master_key_is_admin_and_hashed():
     u = auth("sk-master-1")
-    assert u.api_key == hashlib.sha256(b"sk-master-1").hexdigest()
+    assert u.api_key == hashlib.sha256(b"sk-master-1").hexdigest() == records.key_digest("sk-master-1")
     assert u.key_alias == "master" and u.user_role.value == "proxy_admin"
 
 

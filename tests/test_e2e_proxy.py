@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import query
+from litellm_pglog import records
 from litellm_pglog.schema import code_head
 from pgcluster import DB, wait_until
 from proxyrig import MASTER_KEY, TEAM_KEY, Proxy, Stub, cli, http
@@ -85,7 +86,7 @@ def test_n_calls_give_n_request_and_n_response_rows(proxy, cluster):
     for pt, ct, tt, cost, key_hash, model in ok:
         assert (pt, ct, tt) == (7, 5, 12)
         assert cost == pytest.approx(7 * 0.000001 + 5 * 0.000002)
-        assert key_hash == hashlib.sha256(TEAM_KEY.encode()).hexdigest() and model == "gpt-stub"
+        assert key_hash == records.stored_key_hash(TEAM_KEY) and model == "gpt-stub"
     # call_id is LiteLLM's call id, the x-litellm-call-id header the client got
     header_ids = {r[1].get("x-litellm-call-id") for r in results[:n_ok]}
     db_ids = {c for (c,) in query(cluster, "SELECT call_id FROM requests WHERE tags @> %s::jsonb", (json.dumps([t]),))}

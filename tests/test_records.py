@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import os
 
 from litellm_pglog import records
 
@@ -68,7 +69,7 @@ def test_prepare_success_row():
     assert json.loads(row["tags"]) == ["run:x"]
     assert json.loads(row["payload"])["messages"][0]["content"] == "hi there"
     assert row["end_user"] is None
-    assert row["api_key_hash"] == hashlib.sha256(b"k").hexdigest()
+    assert row["api_key_hash"] == records.stored_key_hash("k")
 
 
 def test_prepare_failure_body_holds_error():
@@ -82,8 +83,25 @@ def test_prepare_failure_body_holds_error():
 
 def test_raw_key_is_hashed_never_stored():
     row = records.prepare(records.capture(slo(metadata={"user_api_key_hash": "sk-raw-secret"})), 262144)
-    assert row["api_key_hash"] == hashlib.sha256(b"sk-raw-secret").hexdigest()
+    assert row["api_key_hash"] == records.key_hash("sk-raw-secret")
     assert "sk-raw-secret" not in json.dumps(row)
+
+
+def test_key_hash_never_trusts_the_shape_of_a_value():
+    """A wrong key shaped like a sha256 (openssl rand -hex 32) used to be stored as it was."""
+    hex_key = os.urandom(32).hex()
+    shapes = [hex_key, hex_key.upper(), "sk-" + hex_key, "h1:" + hex_key, records.key_hash("x"), "ünï", " "]
+    for value in shapes:
+        stored = records.key_hash(value)
+        assert stored.startswith(records.KEY_HASH_PREFIX) and len(stored) == 67
+        assert value not in stored or value == " " and stored.count(" ") == 0
+        assert stored[3:] != hashlib.sha256(value.encode()).hexdigest()  # not LiteLLM's hash_token either
+    assert len({records.key_hash(v) for v in shapes}) == len(shapes)
+    row = records.prepare(records.capture(slo(metadata={"user_api_key_hash": hex_key})), 262144)
+    assert hex_key not in json.dumps(row) and row["api_key_hash"] == records.key_hash(hex_key)
+    assert records.key_hash("") == records.key_hash(None) == ""
+    # what custom_auth hands LiteLLM, hashed again by the records: one definition for both
+    assert records.stored_key_hash("sk-team") == records.key_hash(hashlib.sha256(b"sk-team").hexdigest())
 
 
 def test_nul_is_escaped_not_dropped_in_json_and_text():

@@ -1,5 +1,6 @@
 """Models, migrations, grants, the connect evidence line, TLS/SCRAM enforcement."""
 
+import hashlib
 import json
 import logging
 
@@ -180,6 +181,9 @@ def test_fresh_database_migrates_and_grants(cluster):
         cluster.drop_db("mig_fresh")
 
 
+RAW_HEX_KEY = "5f" * 32  # what `openssl rand -hex 32` gives
+
+
 def test_migration_0002_keeps_rows_and_replays_old_spool_lines_onto_them(cluster):
     """A database at 0001 with rows (as the previous release wrote them) goes to head: every row
     is kept and gets an event id; a spool line of the previous release replays onto its row."""
@@ -194,11 +198,14 @@ def test_migration_0002_keeps_rows_and_replays_old_spool_lines_onto_them(cluster
     try:
         with engine.begin() as conn:
             command.upgrade(alembic_config(conn), "0001")
+            # api_key_hash as the previous release stored it: sha256 of an accepted key, a raw 64-hex
+            # key (the bug: a wrong key of that shape was stored as it was), none
+            old_hashes = [hashlib.sha256(b"sk-team").hexdigest(), RAW_HEX_KEY, ""]
             for i, call_id in enumerate(["old-a", "old-b", "o" * 64]):
                 rid = conn.execute(text(
                     "INSERT INTO requests (call_id, created_at, model, call_type, stream, api_key_hash, tags, payload)"
-                    " VALUES (:c, to_timestamp(:t), 'gpt-stub', 'acompletion', false, '', '[\"run:old\"]', '{}')"
-                    " RETURNING id"), {"c": call_id, "t": 1000.0 + i}).scalar()
+                    " VALUES (:c, to_timestamp(:t), 'gpt-stub', 'acompletion', false, :k, '[\"run:old\"]', '{}')"
+                    " RETURNING id"), {"c": call_id, "t": 1000.0 + i, "k": old_hashes[i]}).scalar()
                 conn.execute(text("INSERT INTO responses (request_id, created_at, status, prompt_tokens,"
                                   " completion_tokens, total_tokens, cost_usd, latency_ms, body)"
                                   " VALUES (:r, to_timestamp(:t), 'success', 1, 2, 3, 0.5, 1, '{}')"),
@@ -212,13 +219,23 @@ def test_migration_0002_keeps_rows_and_replays_old_spool_lines_onto_them(cluster
                                     " JOIN responses r ON r.request_id = q.id ORDER BY q.id")).all()
         assert [(c, t) for c, _, t in got] == [("old-a", 3), ("old-b", 3), ("o" * 64, 3)]
         assert [e for _, e, _ in got] == [records.legacy_event_id(c) for c, _, _ in got]
+        with engine.connect() as conn:
+            hashes = [h for (h,) in conn.execute(text("SELECT api_key_hash FROM requests ORDER BY id"))]
+            raw_left = conn.execute(text("SELECT count(*) FROM requests WHERE api_key_hash = :k"),
+                                    {"k": RAW_HEX_KEY}).scalar()
+        # the accepted key's rows now hold exactly what the new code stores for that key
+        assert hashes == [records.stored_key_hash("sk-team"), records.key_hash(RAW_HEX_KEY), ""]
+        assert raw_left == 0
         # a spool line the previous release wrote for old-a (no "v", no event_id) is a duplicate now
         legacy_line = {"call_id": "old-a", "created_at": 1000.0, "model": "gpt-stub", "call_type": "acompletion",
-                       "stream": False, "api_key_hash": "", "end_user": None, "tags": '["run:old"]',
+                       "stream": False, "api_key_hash": RAW_HEX_KEY, "end_user": None, "tags": '["run:old"]',
                        "payload": "{}", "ended_at": 1000.5, "status": "success", "prompt_tokens": 1,
                        "completion_tokens": 2, "total_tokens": 3, "cost_usd": 0.5, "latency_ms": 1.0, "body": "{}"}
         written, dups = insert_batch(engine, [legacy_line, dict(legacy_line, call_id="old-c", created_at=1003.0)])
         assert (written, dups) == (1, [records.legacy_event_id("old-a")])
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT api_key_hash FROM requests WHERE call_id = 'old-c'")).scalar() \
+                == records.key_hash(RAW_HEX_KEY)  # a replayed old line is hashed the new way too
         # the caller's call id may now repeat
         written, _ = insert_batch(engine, [records.prepare(records.capture(
             {"id": "old-a", "startTime": 1000.0, "status": "success", "request_tags": ["run:old"]}), 4096)])

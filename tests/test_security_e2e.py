@@ -13,7 +13,8 @@ import pytest
 
 from conftest import query
 from pgcluster import wait_until
-from proxyrig import TEAM_KEY, Proxy, Stub, cli, http
+from litellm_pglog import records
+from proxyrig import MASTER_KEY, TEAM_KEY, Proxy, Stub, cli, http
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +79,30 @@ def test_reused_or_prefix_equal_call_ids_still_give_every_call_its_rows(proxy, c
     assert (jc["request_rows"], jc["response_rows"], jc["matched_pairs"], jc["integrity_pct"]) == (n, n, n, 100.0)
     assert jc["duplicate_call_ids"] == 3  # reported as information, not as missing rows
     assert not proxy.events("duplicate")
+
+
+# ---- finding 3: no raw key is ever stored ---------------------------------------------------------------
+def test_wrong_keys_of_any_shape_are_refused_and_stored_only_hashed(proxy, cluster):
+    keys = [os.urandom(32).hex(), "sk-" + os.urandom(16).hex(), "Zz" + os.urandom(12).hex(), os.urandom(32).hex().upper()]
+    body = {"model": "gpt-stub", "messages": [{"role": "user", "content": "wrong key"}]}
+    for key in keys:
+        status, _, err = http("POST", proxy.url + "/v1/chat/completions", body, key=key)
+        assert status == 401, err
+    t = tag()
+    assert proxy.chat("right key", t)[0] == 200
+    assert wait_until(lambda: run_rows(cluster, t) == 1, 10)  # one writer, in order: the 401 rows are in
+    for key in keys + [TEAM_KEY, MASTER_KEY]:
+        hits = query(cluster, "SELECT count(*) FROM requests q LEFT JOIN responses r ON r.request_id = q.id"
+                              " WHERE strpos(lower(q::text), lower(%s)) > 0 OR strpos(lower(r::text), lower(%s)) > 0",
+                     (key, key))
+        assert hits == [(0,)], key
+    assert query(cluster, "SELECT api_key_hash FROM requests WHERE tags @> %s::jsonb", (json.dumps([t]),)) == \
+        [(records.stored_key_hash(TEAM_KEY),)]
+
+    def logged(key):  # a refused call is logged under a hash of the key it presented, never the key
+        return query(cluster, "SELECT count(*) FROM requests WHERE api_key_hash IN (%s, %s)",
+                     (records.key_hash(key), records.stored_key_hash(key)))[0][0]
+
+    assert wait_until(lambda: all(logged(k) == 1 for k in keys), 10), [logged(k) for k in keys]
+    assert query(cluster, "SELECT count(*) FROM requests WHERE api_key_hash <> '' AND api_key_hash NOT LIKE 'h1:%%'") \
+        == [(0,)]

@@ -3,18 +3,20 @@
 With custom_auth set, LiteLLM 1.108.7 calls only this function (its own master-key check is
 skipped), so the master key (LITELLM_MASTER_KEY) is accepted here, as proxy admin, together
 with PGLOG_API_KEYS (`alias=key,alias2=key2`, internal users). Missing or wrong key -> 401
-(LiteLLM without a database would answer 500 / 400). The key LiteLLM keeps, and logs, is the
-sha256 hex of the key, never the key.
+(LiteLLM without a database would answer 500 / 400). The key LiteLLM keeps, and logs, is
+records.key_digest(key) (sha256 hex), never the key; the logger stores records.key_hash() of
+that (records.stored_key_hash(key)), so auth and records share one definition.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 
 from fastapi import HTTPException, Request
 from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
+
+from .records import key_digest
 
 
 def _keys() -> list[tuple[str, bytes, LitellmUserRoles]]:
@@ -50,7 +52,7 @@ async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
         raise _unauthorized("invalid API key")
     alias, role = match
     return UserAPIKeyAuth(
-        api_key=hashlib.sha256(candidate).hexdigest(),
+        api_key=key_digest(presented),
         key_alias=alias,
         user_id=alias,
         user_role=role,

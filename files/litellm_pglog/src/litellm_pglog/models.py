@@ -17,7 +17,12 @@ its response row
   model         VARCHAR(255) NOT NULL, indexed -- requested model group, '' when unknown
   call_type     VARCHAR(64) NOT NULL -- e.g. 'acompletion'
   stream        BOOLEAN NOT NULL
-  api_key_hash  VARCHAR(64) NOT NULL -- sha256 hex of the caller's key, never the key ('' if none)
+  api_key_hash  VARCHAR(80) NOT NULL -- 'h1:' + sha256('litellm_pglog/api_key_hash/v1:' + K), where
+                K is what LiteLLM reports as the key: sha256 hex of the key for keys custom_auth
+                accepted (records.stored_key_hash(key) gives the value), whatever the caller sent
+                for refused ones. Hashed unconditionally, never the key; '' if no key. Rows
+                written before 0002 held sha256(key) (or, the bug, a raw 64-hex key): 0002
+                re-hashed them with the same function, so old and new rows of a key agree.
   end_user      VARCHAR(255) NULL -- the request's `user`, if any
   tags          JSONB NOT NULL -- array, LiteLLM's request_tags (body `metadata.tags`), GIN-indexed
   payload       JSONB NOT NULL -- {"messages": ..., "model_parameters": ...}; larger than
@@ -88,7 +93,7 @@ class Request(Base):
     model: Mapped[str] = mapped_column(String(255), nullable=False, index=True)
     call_type: Mapped[str] = mapped_column(String(64), nullable=False)
     stream: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    api_key_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    api_key_hash: Mapped[str] = mapped_column(String(80), nullable=False)
     end_user: Mapped[str | None] = mapped_column(String(255), nullable=True)
     tags: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)

@@ -19,6 +19,9 @@ up equal in the table (see ident()).
 NUL in JSON: PostgreSQL text and jsonb cannot hold U+0000. In payload/body it is stored as the
 six characters `\\u0000` (escaped, never dropped). Lone UTF-16 surrogates (possible from
 `"\\ud800"` in a JSON body) cannot be encoded as UTF-8 and become U+FFFD.
+
+Keys: requests.api_key_hash = key_hash(what LiteLLM reports as the key), hashed unconditionally;
+custom_auth hands LiteLLM key_digest(key), so a known key's stored value is stored_key_hash(key).
 """
 
 from __future__ import annotations
@@ -140,18 +143,31 @@ def jsonb(value: Any, max_bytes: int) -> str:
 
 
 # ---- keys ----------------------------------------------------------------------------------------
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+KEY_HASH_PREFIX = "h1:"
+# Domain separation: sha256 over this fixed label + the value. The stored value can never equal
+# a raw key nor LiteLLM's own sha256(key) (its hash_token), whatever shape the value has.
+KEY_HASH_LABEL = "litellm_pglog/api_key_hash/v1:"
+
+
+def key_digest(secret: str) -> str:
+    """What custom_auth hands LiteLLM as the key: sha256 hex (LiteLLM's own hash_token
+    convention for sk- keys, so LiteLLM's logs never carry the key)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def key_hash(value: Any) -> str:
-    """sha256 hex of the caller's key. custom_auth already hands LiteLLM a hash; anything else
-    (e.g. a raw key from another auth path) is hashed here so that no raw key is ever stored."""
-    if not value:
+    """requests.api_key_hash: 'h1:' + sha256(KEY_HASH_LABEL + value), for ANY value LiteLLM
+    reports as the key (our key_digest for accepted keys; for refused ones whatever LiteLLM
+    holds, possibly the raw string). Never decided from the value's shape. '' when no key."""
+    if value is None or value == "":
         return ""
-    s = str(value)
-    if _HEX64.fullmatch(s):
-        return s
-    return hashlib.sha256(s.encode("utf-8", "replace")).hexdigest()
+    data = (KEY_HASH_LABEL + str(value)).encode("utf-8", "surrogatepass")
+    return KEY_HASH_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def stored_key_hash(secret: str) -> str:
+    """The api_key_hash a call authenticated with `secret` gets (tests, operators, evidence)."""
+    return key_hash(key_digest(secret))
 
 
 # ---- rows ----------------------------------------------------------------------------------------
@@ -227,10 +243,11 @@ def legacy_event_id(call_id: str) -> str:
 
 def upgrade(row: dict[str, Any]) -> dict[str, Any]:
     """A prepared row in the current format (rows from before 0002 get what 0002 gave the
-    table's rows: the derived event id)."""
+    table's rows: the derived event id, api_key_hash re-hashed the new way)."""
     if row.get("v") == ROW_VERSION:
         return row
     row = dict(row)
     row["v"] = ROW_VERSION
     row["event_id"] = legacy_event_id(str(row.get("call_id") or ""))
+    row["api_key_hash"] = key_hash(row.get("api_key_hash") or None)
     return row
