@@ -142,3 +142,18 @@ def test_garbage_numbers_do_not_crash():
     row = records.prepare(records.capture(slo(prompt_tokens=None, response_cost="n/a", startTime=None)), 262144)
     assert row["prompt_tokens"] == 0 and row["cost_usd"] == 0.0
     assert not math.isnan(row["created_at"])
+
+
+def test_non_finite_numbers_are_stored_as_strings_not_lost():
+    """jsonb refuses NaN/Infinity; Python's json writes them bare (LiteLLM parses them from bodies)."""
+    params = {"temperature": float("nan"), "top_p": float("inf"), "n": float("-inf"), "ok": 0.5,
+              "nested": [{"x": float("nan")}], "tuple": (float("inf"),)}
+    raw = records.capture(slo(model_parameters=params, response_cost=float("nan"), prompt_tokens=float("inf"),
+                              startTime=float("nan")))
+    row = records.prepare(raw, 262144)
+    got = json.loads(row["payload"])["model_parameters"]
+    assert got == {"temperature": "NaN", "top_p": "Infinity", "n": "-Infinity", "ok": 0.5,
+                   "nested": [{"x": "NaN"}], "tuple": ["Infinity"]}
+    assert "NaN" not in row["payload"].replace('"NaN"', "")  # no bare token left
+    assert row["cost_usd"] == 0.0 and row["prompt_tokens"] == 0
+    assert math.isfinite(row["created_at"]) and math.isfinite(row["latency_ms"])

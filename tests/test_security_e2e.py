@@ -106,3 +106,31 @@ def test_wrong_keys_of_any_shape_are_refused_and_stored_only_hashed(proxy, clust
     assert wait_until(lambda: all(logged(k) == 1 for k in keys), 10), [logged(k) for k in keys]
     assert query(cluster, "SELECT count(*) FROM requests WHERE api_key_hash <> '' AND api_key_hash NOT LIKE 'h1:%%'") \
         == [(0,)]
+
+
+# ---- finding 6: hostile bodies ------------------------------------------------------------------------
+NON_FINITE_BODIES = [
+    '{"model": "gpt-stub", "messages": [{"role": "user", "content": "nan temperature"}], "temperature": NaN, %s}',
+    '{"model": "gpt-stub", "messages": [{"role": "user", "content": "inf metadata"}], %s, "top_p": Infinity}',
+    '{"model": "gpt-stub", "messages": [{"role": "user", "content": "overflow"}], "max_tokens": 1e400, %s}',
+    '{"model": "gpt-stub", "messages": [{"role": "user", "content": "minus inf"}], "presence_penalty": -Infinity, %s}',
+]
+
+
+def test_non_finite_numbers_never_cost_a_call_its_rows(proxy, cluster):
+    t = tag()
+    meta = '"metadata": {"tags": ["%s"]}' % t
+    statuses = []
+    for body in NON_FINITE_BODIES:
+        status, _, err = http("POST", proxy.url + "/v1/chat/completions", raw=(body % meta).encode(), key=TEAM_KEY)
+        statuses.append(status)
+        assert status != 500 or "Out of range float" in json.dumps(err), err
+    marker = tag()
+    assert proxy.chat("after the non-finite bodies", marker)[0] == 200
+    assert wait_until(lambda: run_rows(cluster, marker) == 1, 10)
+    # every answered call has its request row and response row; nothing went to the rejected file
+    logged = query(cluster, "SELECT count(*) FROM requests q JOIN responses r ON r.request_id = q.id"
+                            " WHERE q.tags @> %s::jsonb OR q.payload::text LIKE %s", (json.dumps([t]), "%" + t + "%"))
+    assert logged == [(len(NON_FINITE_BODIES),)], statuses
+    spool = os.path.join(proxy.workdir, "spool")
+    assert not [f for f in os.listdir(spool) if f.startswith("rejected-")]

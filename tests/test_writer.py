@@ -137,12 +137,23 @@ def test_oversize_payload_is_truncated_with_marker(writer, clean_db):
 
 def test_rejected_record_is_isolated_and_kept(writer, clean_db):
     good = [make_slo(i) for i in range(9)]
-    bad = make_slo(99, startTime=float("nan"))  # to_timestamp(NaN) -> DataError
+    bad = make_slo(99, prompt_tokens=2 ** 40)  # INTEGER out of range -> DataError
     submit(writer, good[:4] + [bad] + good[4:])
     assert wait_until(lambda: writer.counters["written"] == 9 and writer.counters["failed"] == 1)
     rejected = [json.loads(l) for l in open(os.path.join(writer.spool.directory, f"rejected-{os.getpid()}.jsonl"))]
     assert [r["record"]["call_id"] for r in rejected] == [bad["id"]]
     assert rows(clean_db) == 9
+
+
+def test_non_finite_values_are_written_not_rejected(writer, clean_db):
+    s = make_slo(1, model_parameters={"temperature": float("nan"), "max_tokens": float("inf")},
+                 messages=[{"role": "user", "content": "x", "weight": float("-inf")}], response_cost=float("nan"))
+    submit(writer, [s])
+    assert wait_until(lambda: writer.counters["written"] == 1)
+    assert writer.counters["failed"] == 0
+    got = query(clean_db, "SELECT q.payload->'model_parameters', q.payload->'messages'->0->>'weight', r.cost_usd"
+                          " FROM requests q JOIN responses r ON r.request_id = q.id WHERE q.call_id = %s", (s["id"],))
+    assert got == [({"temperature": "NaN", "max_tokens": "Infinity"}, "-Infinity", 0)]
 
 
 def test_outage_spools_then_replays_everything_once(writer, clean_db):

@@ -18,7 +18,9 @@ up equal in the table (see ident()).
 
 NUL in JSON: PostgreSQL text and jsonb cannot hold U+0000. In payload/body it is stored as the
 six characters `\\u0000` (escaped, never dropped). Lone UTF-16 surrogates (possible from
-`"\\ud800"` in a JSON body) cannot be encoded as UTF-8 and become U+FFFD.
+`"\\ud800"` in a JSON body) cannot be encoded as UTF-8 and become U+FFFD. Non-finite numbers
+(NaN, Infinity, which jsonb refuses) are stored as the strings "NaN", "Infinity", "-Infinity";
+a non-finite time, token count or cost becomes the hand-off time / 0.
 
 Keys: requests.api_key_hash = key_hash(what LiteLLM reports as the key), hashed unconditionally;
 custom_auth hands LiteLLM key_digest(key), so a known key's stored value is stored_key_hash(key).
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -120,9 +123,35 @@ def text(value: Any, limit: int) -> str:
 
 
 # ---- JSON ----------------------------------------------------------------------------------------
+def _finite(value: Any, depth: int = 0) -> Any:
+    """A copy with non-finite floats replaced by their names (only called when json refused)."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if depth > 200:  # json.dumps would have raised RecursionError long before
+        return str(value)[:1000]
+    if isinstance(value, dict):
+        return {k: _finite(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, depth + 1) for v in value]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN / Infinity somewhere: jsonb would refuse the bare tokens
+        return json.dumps(_finite(value), ensure_ascii=False, default=str, separators=(",", ":"),
+                          allow_nan=False)
+
+
 def jsonb(value: Any, max_bytes: int) -> str:
-    """JSON text that jsonb accepts: NUL escaped, oversize replaced by a truncation marker."""
-    doc = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+    """JSON text that jsonb accepts: NUL escaped, non-finite numbers as strings, oversize
+    replaced by a truncation marker."""
+    doc = _dumps(value)
     if "\\u0000" in doc:
         doc = _JSON_NUL.sub(r"\1\\\\u0000", doc)
     try:
@@ -174,8 +203,10 @@ def stored_key_hash(secret: str) -> str:
 def _num(value: Any, cast: type) -> Any:
     try:
         out = cast(value) if value is not None else cast(0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return cast(0)
+    if cast is float and not math.isfinite(out):
+        return 0.0
     return out
 
 
