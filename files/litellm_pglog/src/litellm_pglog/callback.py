@@ -6,6 +6,8 @@ reads PGLOG_* from the environment, checks the database revision and starts the 
 a configuration error or a schema mismatch raises, so the proxy refuses to start with an
 `event=startup_refused` line instead of running without its log.
 
+Creating it also installs the request guard (guard.py) in front of LiteLLM's app.
+
 On the event loop the hooks only copy references out of `standard_logging_object` and put them
 on a SimpleQueue (no serialisation, no I/O): see bench/callback_overhead.py.
 """
@@ -22,6 +24,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from .config import ConfigError, Settings
 from .events import emit
+from .guard import install as install_guard
 from .records import capture
 from .writer import Writer
 
@@ -84,6 +87,9 @@ def get_instance() -> PglogCallback:
             # while our daemon writer thread is still alive.
             atexit.register(_instance.shutdown)
             _take_over_uvicorn_signals()
+            # In front of LiteLLM's app, in this worker (LiteLLM has no middleware setting; its
+            # config load, which asks for us, runs in every worker's startup).
+            install_guard()
         return _instance
 
 

@@ -248,7 +248,8 @@ def prepare(raw: dict[str, Any], max_payload_bytes: int) -> dict[str, Any]:
         "end_user": ident(raw["end_user"], END_USER_LEN) if raw.get("end_user") else None,
         "tags": jsonb([str(t) for t in tags], max_payload_bytes),
         "payload": jsonb(
-            {"messages": raw.get("messages"), "model_parameters": raw.get("model_parameters") or {}},
+            raw["request_payload"] if "request_payload" in raw  # a call the guard refused (guard.py)
+            else {"messages": raw.get("messages"), "model_parameters": raw.get("model_parameters") or {}},
             max_payload_bytes,
         ),
         "ended_at": end,
