@@ -128,7 +128,7 @@ def test_non_finite_numbers_never_cost_a_call_its_rows(proxy, cluster):
     for body in NON_FINITE_BODIES:
         status, _, err = http("POST", proxy.url + "/v1/chat/completions", raw=(body % meta).encode(), key=TEAM_KEY)
         statuses.append(status)
-        assert status != 500 or "Out of range float" in json.dumps(err), err
+        assert status == 400 and "JSON" in err["error"]["message"], err  # refused before LiteLLM parses it
     marker = tag()
     assert proxy.chat("after the non-finite bodies", marker)[0] == 200
     assert wait_until(lambda: run_rows(cluster, marker) == 1, 10)
@@ -244,3 +244,82 @@ def test_answers_carry_no_internal_headers(proxy):
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert b"[DONE]" in resp.read()
         assert not [h for h in resp.headers if h.lower() in INTERNAL_HEADERS or h.lower().startswith("llm_provider-")]
+
+
+def _raw_post(proxy, headers: dict, body: bytes, read_timeout: float = 30) -> tuple[int, bytes]:
+    """POST over a plain socket (the client may stop sending when the answer comes first)."""
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=read_timeout)
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+        try:
+            sock.sendall(body)
+        except OSError:
+            pass  # the guard answered and closed before reading it all
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return int(data.split(b" ", 2)[1]), data
+    finally:
+        sock.close()
+
+
+def test_deep_and_oversize_bodies_are_refused_before_parsing_and_logged(proxy, cluster):
+    t = tag()
+    auth_headers = {"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json"}
+
+    def chat_body(extra: str) -> bytes:
+        return ('{"model": "gpt-stub", "messages": [{"role": "user", "content": "hostile"}], '
+                '"metadata": {"tags": ["%s"], "x": %s}}' % (t, extra)).encode()
+
+    deep = [chat_body("[" * n + "]" * n) for n in (65, 900, 5000)] + [chat_body('{"a":' * 5000 + "1" + "}" * 5000)]
+    for body in deep:
+        status, _, err = http("POST", proxy.url + "/v1/chat/completions", raw=body, key=TEAM_KEY)
+        assert status == 400 and "nested deeper than 64" in err["error"]["message"], (status, err)
+    many = chat_body("[" + "[]," * 60000 + "[]]")  # 120 KB, but 60k values: LiteLLM would stall on it
+    status, _, err = http("POST", proxy.url + "/v1/chat/completions", raw=many, key=TEAM_KEY)
+    assert status == 400 and "more than 50000 values" in err["error"]["message"], (status, err)
+    # within the limits: served (nesting inside strings is text, not depth)
+    fine = chat_body("[" * 50 + "]" * 50 + ', "y": "%s"' % ("[" * 5000))
+    assert http("POST", proxy.url + "/v1/chat/completions", raw=fine, key=TEAM_KEY)[0] == 200
+    # larger than 1 MiB: declared (refused unread), and sent chunked (refused once past the limit)
+    big = chat_body('"%s"' % ("z" * (1024 * 1024)))
+    status, answer = _raw_post(proxy, {**auth_headers, "Content-Length": str(len(big))}, big[:1000])
+    assert status == 413 and b"larger than 1048576" in answer
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(big[i:i + 65536]), big[i:i + 65536]) for i in range(0, len(big), 65536))
+    status, _ = _raw_post(proxy, {**auth_headers, "Transfer-Encoding": "chunked"}, chunked + b"0\r\n\r\n")
+    assert status == 413
+    marker = tag()
+    assert proxy.chat("after the hostile bodies", marker)[0] == 200
+    assert wait_until(lambda: run_rows(cluster, marker) == 1, 10)
+    # every refused call has its rows: 5 refused with 400 (tag in the stored head of the body), 2 oversize
+    refused = query(cluster, """SELECT r.status, r.body->'error'->>'error_code', q.payload->'refused_request'->>'body_bytes',
+                                       q.api_key_hash
+                                FROM requests q JOIN responses r ON r.request_id = q.id
+                                WHERE q.payload->'refused_request'->>'body_head' LIKE %s
+                                   OR (r.body->'error'->>'error_code' = '413' AND q.created_at > now() - interval '1 minute')""",
+                    ("%" + t + "%",))
+    codes = sorted(c for _, c, _, _ in refused)
+    assert codes == ["400"] * 5 + ["413"] * 2, refused
+    assert {s for s, _, _, _ in refused} == {"failure"}
+    assert {k for _, _, _, k in refused} == {records.stored_key_hash(TEAM_KEY)}
+    assert run_rows(cluster, t) == 1  # the one served call
+
+
+def test_guard_runs_in_every_uvicorn_worker(cluster, migrated, stub, tmp_path):
+    """LiteLLM loads our callback (and so installs the guard) in each worker process."""
+    p = Proxy(str(tmp_path / "workers"), stub.port, cluster.env(), args=("--num_workers", "2"))
+    p.start(timeout=180)
+    try:
+        assert wait_until(lambda: len(p.events("guard_installed")) == 2, 60), p.tail()
+        answers = [_probe(p, "GET", "/openapi.json", None)[0] for _ in range(40)]
+        answers += [_probe(p, "GET", "/model/info", TEAM_KEY)[0] for _ in range(40)]
+        assert answers == [401] * 40 + [403] * 40
+        assert http("POST", p.url + "/v1/chat/completions", raw=b'{"a":' + b"[" * 100 + b"]" * 100 + b"}",
+                    key=TEAM_KEY)[0] == 400
+        assert p.chat("two workers", tag())[0] == 200
+    finally:
+        assert p.stop() == 0

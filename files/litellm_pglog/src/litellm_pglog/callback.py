@@ -89,7 +89,11 @@ def get_instance() -> PglogCallback:
             _take_over_uvicorn_signals()
             # In front of LiteLLM's app, in this worker (LiteLLM has no middleware setting; its
             # config load, which asks for us, runs in every worker's startup).
-            install_guard()
+            try:
+                install_guard()
+            except ConfigError as exc:  # PGLOG_MAX_BODY_BYTES / PGLOG_MAX_JSON_DEPTH malformed
+                emit("startup_refused", logging.ERROR, reason=str(exc))
+                raise
         return _instance
 
 

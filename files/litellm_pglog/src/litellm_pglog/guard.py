@@ -10,7 +10,14 @@ For every request:
      to a caller (auth.identify), else 401; only LIVENESS_PATH answers without a key;
   2. a non-admin key may call only auth.INFERENCE_ROUTES, else 403 (the same allow-list
      custom_auth applies on LiteLLM's authenticated routes);
-  3. response headers that reveal internals are dropped: every `llm_provider-*` header (the
+  3. the body is read here first, bounded before anything parses it: larger than
+     PGLOG_MAX_BODY_BYTES -> 413 (a Content-Length above it is refused unread); a JSON body
+     nested deeper than PGLOG_MAX_JSON_DEPTH, with more than PGLOG_MAX_JSON_ITEMS values, or
+     holding a non-finite number (NaN, Infinity,
+     1e400: not JSON, and jsonb refuses them) -> 400. The scan is linear, mostly in C
+     (bytes.replace/split/translate, itertools.accumulate), never recursive, and yields to the
+     event loop on large bodies; LiteLLM's parsers would recurse and stall or fail with a 500;
+  4. response headers that reveal internals are dropped: every `llm_provider-*` header (the
      upstream's own headers, e.g. its server software) and every `x-litellm-*` header except
      KEPT_LITELLM_HEADERS (so x-litellm-model-api-base, -model-id, -model-name, -version, the
      cost breakdown with margins/discounts, key spend/limits go).
@@ -21,13 +28,17 @@ as rate-limited `event=request_refused` lines.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, Awaitable, Callable
 
 from . import auth, records
+from .config import GuardLimits
 from .events import emit
 
 Scope = dict[str, Any]
@@ -49,6 +60,23 @@ KEPT_LITELLM_HEADERS = frozenset({
 # Where LiteLLM looks for the key, in its order (user_api_key_auth.get_api_key, 1.108.7).
 _BEARER_HEADERS = (b"x-litellm-api-key", b"authorization")
 _RAW_KEY_HEADERS = (b"api-key", b"x-api-key", b"x-goog-api-key", b"ocp-apim-subscription-key")
+# Bodies LiteLLM does not parse as JSON (http_parsing_utils, 1.108.7): size-checked only.
+_NOT_JSON = frozenset({"multipart/form-data", "application/x-www-form-urlencoded",
+                       "application/x-protobuf", "application/protobuf"})
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
+_SLICE = 1 << 16  # brackets per step of the depth scan between yields to the event loop
+_BODY_HEAD = 4096  # bytes of a refused body kept in its row
+# Outside strings, tokens Python's json (LiteLLM's fallback parser) turns into non-finite floats:
+# the constants, and numbers that overflow (a 3-digit exponent, or 300+ digits: float() decides).
+# A number token that may overflow a float: any with an exponent, or 309+ digits before the point
+# (a JSON integer, however long, stays an int in Python: finite); float() decides. Tried only where
+# a digit run starts, with possessive runs: a body of a million digits is scanned a few times.
+_LARGE_NUMBER = re.compile(
+    rb"(?<![0-9.eE+-])-?(?:[0-9]++(?:\.[0-9]++)?[eE][+-]?[0-9]++|[0-9]{309,}+\.[0-9]++)")
+_INF = float("inf")
 _CALL_TYPES = {"/chat/completions": "acompletion", "/completions": "atext_completion",
                "/embeddings": "aembedding", "/models": "amodels"}
 
@@ -91,6 +119,53 @@ def filter_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _skeleton(body: bytes) -> bytes:
+    """The body with the contents of every JSON string removed, in three C-speed passes:
+    escaped backslashes and escaped quotes go first, then every remaining quote delimits a
+    string, so the even pieces between quotes are what lies outside strings."""
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return b"".join(unescaped.split(b'"')[0::2])
+
+
+async def json_problem(body: bytes, max_depth: int, max_items: int = GuardLimits.max_json_items) -> str | None:
+    """Why a JSON body must be refused before anything parses it, or None.
+
+    Brackets inside strings are text; outside them the nesting depth is the running sum of
+    +1/-1 over the brackets, computed in slices with a yield to the event loop between them, so
+    a hostile 1 MiB body of brackets does not hold up other requests. Non-finite numbers are
+    found among the tokens outside strings; nothing here parses the body."""
+    skeleton = _skeleton(body)
+    brackets = skeleton.translate(None, _NOT_BRACKETS)
+    opened = brackets.count(b"[") + brackets.count(b"{")
+    if skeleton.count(b",") + opened > max_items:  # values ~ separators + containers
+        return f"JSON body has more than {max_items} values"
+    if opened > max_depth:
+        depth = 0
+        for start in range(0, len(brackets), _SLICE):
+            part = brackets[start:start + _SLICE]
+            if max(itertools.accumulate(map(_STEP.__getitem__, part), initial=depth)) > max_depth:
+                return f"JSON body nested deeper than {max_depth} levels"
+            depth += part.count(b"[") + part.count(b"{") - part.count(b"]") - part.count(b"}")
+            if len(brackets) > _SLICE:
+                await asyncio.sleep(0)
+    for constant in (b"NaN", b"Infinity"):  # never JSON; Python's json (LiteLLM's fallback) takes them
+        if constant in skeleton:
+            return f"JSON body holds {constant.decode()}: JSON has no NaN or Infinity"
+    for n, number in enumerate(_LARGE_NUMBER.finditer(skeleton)):
+        if float(number.group()) in (_INF, -_INF):
+            return f"JSON body holds a number too large for a float ({number.group()[:24].decode()}...)"
+        if n % 1024 == 1023:
+            await asyncio.sleep(0)
+    return None
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
 class _RateLimitedLog:
     """At most `burst` lines per `window` seconds, then one line saying how many were skipped."""
 
@@ -112,8 +187,9 @@ class _RateLimitedLog:
 
 
 class Guard:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, limits: GuardLimits | None = None) -> None:
         self.app = app  # `.app`: FastAPI walks the stack through it (its OTel check)
+        self.limits = limits or GuardLimits.from_env()
         self.refused: dict[int, int] = {}
         self._log = _RateLimitedLog()
 
@@ -141,9 +217,66 @@ class Guard:
         if not auth.may_call(caller, method, path):
             await self._refuse(scope, send, 403, f"this key may not call {method} {path}"[:300], key)
             return
-        await self.app(scope, receive, filtered_send)
+        if kind == "websocket":
+            await self.app(scope, receive, filtered_send)
+            return
+        body, problem = await self._read_body(scope, receive)
+        if body is None:  # the client left while sending its body: nobody to answer
+            return
+        if problem:
+            status, reason, size = problem
+            # what was refused, for the audit trail: the size, and the head of a body that was read
+            extra: dict[str, Any] = {"body_bytes": size}
+            if body:
+                extra["body_head"] = body[:_BODY_HEAD].decode("utf-8", "replace")
+            await self._refuse(scope, send, status, reason, key, **extra)
+            return
+        sent = False
 
-    async def _refuse(self, scope: Scope, send: Send, status: int, reason: str, key: str) -> None:
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: what the server says next (disconnect)
+
+        await self.app(scope, replay, filtered_send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes | None, tuple | None]:
+        """The whole body, read before LiteLLM sees it, or why it is refused: (body, None) |
+        (body, (status, reason, size)) | (None, None) when the client went away."""
+        limit = self.limits.max_body_bytes
+        headers = scope.get("headers") or []
+        declared = _header(headers, b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                size = -1
+            if size > limit:  # refused unread
+                return b"", (413, f"request body of {size} bytes is larger than {limit} bytes", size)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                return None, None
+            chunk = message.get("body") or b""
+            size += len(chunk)
+            if size > limit:
+                return b"", (413, f"request body is larger than {limit} bytes", size)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        content_type = (_header(headers, b"content-type") or "").split(";", 1)[0].strip().lower()
+        if body and content_type not in _NOT_JSON:
+            reason = await json_problem(body, self.limits.max_json_depth, self.limits.max_json_items)
+            if reason:
+                return body, (400, reason, size)
+        return body, None
+
+    async def _refuse(self, scope: Scope, send: Send, status: int, reason: str, key: str,
+                      **request: Any) -> None:
         self.refused[status] = self.refused.get(status, 0) + 1
         method, path = scope.get("method", "GET"), scope.get("path") or ""
         client = (scope.get("client") or ("", 0))[0]
@@ -153,7 +286,7 @@ class Guard:
             return
         call_id = None
         if auth.is_inference(method, path):
-            call_id = _log_refused_call(scope, status, reason, key)
+            call_id = _log_refused_call(scope, status, reason, key, **request)
         kind = {401: "auth_error", 403: "permission_error", 413: "invalid_request_error"}.get(
             status, "invalid_request_error")
         body = json.dumps({"error": {"message": reason, "type": kind, "param": None, "code": str(status)}}).encode()
@@ -205,14 +338,16 @@ def install(app: Any = None) -> bool:
     state = getattr(app, "state", None)
     if getattr(state, "litellm_pglog_guard", None) is not None:
         return True
+    limits = GuardLimits.from_env()  # a bad value raises ConfigError: the proxy must not start
     if getattr(app, "middleware_stack", None) is None:
-        app.add_middleware(Guard)  # not started yet: becomes the outermost user middleware
+        app.add_middleware(Guard, limits=limits)  # not started yet: the outermost user middleware
         guard = "pending"
     else:
-        guard = Guard(app.middleware_stack)
+        guard = Guard(app.middleware_stack, limits)
         app.middleware_stack = guard
     if state is not None:
         state.litellm_pglog_guard = guard
-    emit("guard_installed", kept_litellm_headers=sorted(h.decode() for h in KEPT_LITELLM_HEADERS),
-         liveness=auth.LIVENESS_PATH)
+    emit("guard_installed", max_body_bytes=limits.max_body_bytes, max_json_depth=limits.max_json_depth,
+         max_json_items=limits.max_json_items,
+         kept_litellm_headers=sorted(h.decode() for h in KEPT_LITELLM_HEADERS), liveness=auth.LIVENESS_PATH)
     return True
