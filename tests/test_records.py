@@ -157,3 +157,34 @@ def test_non_finite_numbers_are_stored_as_strings_not_lost():
     assert "NaN" not in row["payload"].replace('"NaN"', "")  # no bare token left
     assert row["cost_usd"] == 0.0 and row["prompt_tokens"] == 0
     assert math.isfinite(row["created_at"]) and math.isfinite(row["latency_ms"])
+
+
+def test_client_disconnects_get_their_own_status():
+    litellm_499 = {"error_code": "499", "error_class": "ClientDisconnected",
+                   "error_message": "Client disconnected the request"}
+    cancelled = {"error_code": "499", "error_class": "HTTPException",
+                 "error_message": "499: Client disconnected the request"}
+    provider_499 = {"error_code": "499", "error_class": "APIError", "llm_provider": "openai",
+                    "error_message": "litellm.APIError: client disconnected upstream said the provider"}
+    # LiteLLM reports a stream cut short as a success carrying its 499
+    row = records.prepare(records.capture(slo(stream=True, error_information=litellm_499,
+                                              error_str="Client disconnected the request")), 262144)
+    body = json.loads(row["body"])
+    assert row["status"] == "client_disconnected" and body["error"]["error_code"] == "499"
+    assert body["response"]["choices"][0]["message"]["content"] == "echo: hi there"  # what it assembled
+    assert (row["prompt_tokens"], row["cost_usd"]) == (5, 0.00012)  # LiteLLM's numbers are kept
+    # cancel_on_disconnect: a failure with the proxy's own 499
+    row = records.prepare(records.capture(slo(status="failure", response=None, error_information=cancelled)), 262144)
+    assert row["status"] == "client_disconnected"
+    # a provider answering 499 is an ordinary failure
+    row = records.prepare(records.capture(slo(status="failure", response=None, error_information=provider_499)), 262144)
+    assert row["status"] == "failure"
+    # LiteLLM saw nothing (non-streaming): the guard's delivery note decides
+    raw = records.capture(slo())
+    raw["delivery"] = {"client_disconnected": True, "disconnected_after_ms": 500.0, "response_complete": True}
+    row = records.prepare(raw, 262144)
+    body = json.loads(row["body"])
+    assert row["status"] == "client_disconnected" and body["error"]["error_class"] == "ClientDisconnected"
+    assert body["delivery"]["disconnected_after_ms"] == 500.0 and row["completion_tokens"] == 3
+    raw["delivery"] = {"client_disconnected": False}
+    assert records.prepare(raw, 262144)["status"] == "success"

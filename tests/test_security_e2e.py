@@ -323,3 +323,79 @@ def test_guard_runs_in_every_uvicorn_worker(cluster, migrated, stub, tmp_path):
         assert p.chat("two workers", tag())[0] == 200
     finally:
         assert p.stop() == 0
+
+
+# ---- finding 2: a client that hangs up is not a clean success --------------------------------------------
+def _hang_up(proxy, body: dict, *, after_s: float | None = None, after_chunks: int | None = None) -> bytes:
+    """POST and close the connection early: after `after_s` seconds, or once `after_chunks`
+    server-sent events arrived."""
+    raw = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    got = b""
+    try:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TEAM_KEY.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(raw)).encode()
+                     + b"\r\n\r\n" + raw)
+        if after_chunks is not None:
+            while got.count(b"data: ") < after_chunks:
+                chunk = sock.recv(65536)
+                assert chunk, got
+                got += chunk
+        else:
+            sock.settimeout(after_s)
+            try:
+                while chunk := sock.recv(65536):
+                    got += chunk
+            except socket.timeout:
+                pass
+    finally:
+        sock.close()
+    return got
+
+
+def test_disconnected_clients_are_stored_as_such_with_what_was_billed(proxy, cluster):
+    t = tag()
+    base = {"model": "gpt-stub", "metadata": {"tags": [t]}}
+    words = "one two three four five six seven eight nine ten"
+    # A: a stream cut after its first content chunk (the stub sends one word every 300 ms)
+    got = _hang_up(proxy, {**base, "stream": True, "stream_options": {"include_usage": True},
+                           "messages": [{"role": "user", "content": f"cut {words} #stub:chunk_ms=300"}]}, after_chunks=2)
+    assert b" 200 " in got.split(b"\r\n", 1)[0]
+    # B: a stream closed while the upstream is still thinking (before any chunk)
+    assert _hang_up(proxy, {**base, "stream": True, "messages": [{"role": "user", "content": "think #stub:sleep=3000"}]},
+                    after_s=0.5) == b""
+    # C: a non-streaming call closed while the upstream is still thinking
+    assert _hang_up(proxy, {**base, "messages": [{"role": "user", "content": "wait #stub:sleep=3000"}]},
+                    after_s=0.5) == b""
+    assert proxy.chat("stays to the end", t)[0] == 200
+    assert wait_until(lambda: run_rows(cluster, t) == 4, 30), run_rows(cluster, t)
+    rows = {content.split()[0]: (stream, status, pt, ct, float(cost), body) for content, stream, status, pt, ct, cost, body
+            in query(cluster, """SELECT q.payload->'messages'->0->>'content', q.stream, r.status, r.prompt_tokens,
+                                        r.completion_tokens, r.cost_usd, r.body
+                                 FROM requests q JOIN responses r ON r.request_id = q.id
+                                 WHERE q.tags @> %s::jsonb""", (json.dumps([t]),))}
+    assert {k: v[1] for k, v in rows.items()} == {"cut": "client_disconnected", "think": "client_disconnected",
+                                                  "wait": "client_disconnected", "stays": "success"}
+    for name in ("cut", "think", "wait"):
+        body = rows[name][5]
+        assert body["error"]["error_code"] == "499" and body["delivery"]["client_disconnected"] is True, body
+    # A: what LiteLLM received before the cut, and its estimate of the bill (prompt + those chunks)
+    stream, _, pt, ct, cost, body = rows["cut"]
+    partial = body["response"]["choices"][0]["message"]["content"]
+    assert stream and partial and ("echo: cut " + words).startswith(partial) and partial != "echo: cut " + words
+    assert pt > 0 and 0 < ct < 12 and cost == pytest.approx(pt * 1e-6 + ct * 2e-6)
+    assert body["delivery"]["response_complete"] is False
+    # B: nothing generated reached LiteLLM; it bills the prompt (its estimate), no completion
+    _, _, pt, ct, cost, _ = rows["think"]
+    assert pt > 0 and ct == 0 and cost == pytest.approx(pt * 1e-6)
+    # C: the provider finished (and billed) the whole answer nobody received: its exact usage
+    _, _, pt, ct, cost, body = rows["wait"]
+    assert (pt, ct) == (5, 3) and cost == pytest.approx(5e-6 + 3 * 2e-6)  # stub: 2 words + 3; "echo:" + 2 words
+    assert body["response"]["choices"][0]["message"]["content"] == "echo: wait #stub:sleep=3000"
+    assert body["delivery"]["disconnected_after_ms"] < 3000
+    # the evidence shows them apart from clean successes
+    head = evidence(cluster, "responses-head", t)
+    assert head["totals"]["success"] == 1 and head["totals"]["client_disconnected"] == 3
+    assert head["by_status"]["client_disconnected"]["responses"] == 3 and head["by_status"]["success"]["responses"] == 1
+    jc = evidence(cluster, "join-check", t, "--expected", "4")
+    assert jc["matched_pairs"] == 4 and jc["integrity_pct"] == 100.0

@@ -24,6 +24,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from .config import ConfigError, Settings
 from .events import emit
+from .guard import DELIVERY
 from .guard import install as install_guard
 from .records import capture
 from .writer import Writer
@@ -54,6 +55,8 @@ class PglogCallback(CustomLogger):
         # response header, which a caller may choose). slo["id"] is not: in 1.108.7 it is the
         # provider's response id when there is one.
         raw["id"] = kwargs.get("litellm_call_id") or slo.get("id")
+        # what the guard saw of the answer (a reference: read when the writer prepares the row)
+        raw["delivery"] = DELIVERY.get()
         self.writer.submit(raw)
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):  # noqa: ANN001

@@ -40,12 +40,25 @@ RESPONSES_TOTALS = text("""
 SELECT count(*) AS responses,
        count(*) FILTER (WHERE r.status = 'success') AS success,
        count(*) FILTER (WHERE r.status = 'failure') AS failure,
+       count(*) FILTER (WHERE r.status = 'client_disconnected') AS client_disconnected,
+       count(*) FILTER (WHERE r.status NOT IN ('success', 'failure', 'client_disconnected')) AS other_status,
        coalesce(sum(r.prompt_tokens), 0) AS prompt_tokens,
        coalesce(sum(r.completion_tokens), 0) AS completion_tokens,
        coalesce(sum(r.total_tokens), 0) AS total_tokens,
        coalesce(sum(r.cost_usd), 0) AS cost_usd
 FROM responses r JOIN requests q ON q.id = r.request_id
 WHERE q.tags @> jsonb_build_array(CAST(:tag AS text))
+""")
+
+# Every status that occurs in the run, with its tokens and cost: a verdict must not count a
+# client_disconnected answer (or any status it does not know) as a clean success.
+RESPONSES_BY_STATUS = text("""
+SELECT r.status, count(*) AS responses, coalesce(sum(r.total_tokens), 0) AS total_tokens,
+       coalesce(sum(r.cost_usd), 0) AS cost_usd
+FROM responses r JOIN requests q ON q.id = r.request_id
+WHERE q.tags @> jsonb_build_array(CAST(:tag AS text))
+GROUP BY r.status
+ORDER BY r.status
 """)
 
 JOIN_CHECK = text("""
@@ -88,7 +101,10 @@ def requests_head(conn: Connection, tag: str, limit: int) -> dict[str, Any]:
 def responses_head(conn: Connection, tag: str, limit: int) -> dict[str, Any]:
     cols, rows = _rows(conn, RESPONSES_HEAD, tag=tag, limit=limit)
     totals = dict(conn.execute(RESPONSES_TOTALS, {"tag": tag}).mappings().one())
-    return {"tag": tag, "columns": cols, "rows": rows, "count": totals["responses"], "totals": totals}
+    by_status = {r["status"]: {k: r[k] for k in ("responses", "total_tokens", "cost_usd")}
+                 for r in conn.execute(RESPONSES_BY_STATUS, {"tag": tag}).mappings()}
+    return {"tag": tag, "columns": cols, "rows": rows, "count": totals["responses"], "totals": totals,
+            "by_status": by_status}
 
 
 def join_check(conn: Connection, tag: str, expected: int | None) -> dict[str, Any]:

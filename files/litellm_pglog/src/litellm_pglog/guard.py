@@ -21,6 +21,11 @@ For every request:
      upstream's own headers, e.g. its server software) and every `x-litellm-*` header except
      KEPT_LITELLM_HEADERS (so x-litellm-model-api-base, -model-id, -model-name, -version, the
      cost breakdown with margins/discounts, key spend/limits go).
+  5. delivery is watched: the guard keeps listening to the connection after the body, so it
+     knows when a client hangs up before its answer is complete, even when LiteLLM does not
+     (a non-streaming call: LiteLLM answers into the void and reports a success). The
+     callback reads that note (DELIVERY, a context variable LiteLLM's logging tasks inherit)
+     and the record becomes status client_disconnected.
 A refused request to an inference route is still logged (a failure row with the HTTP status),
 so every call answered on those routes has its rows; refusals elsewhere only count and appear
 as rate-limited `event=request_refused` lines.
@@ -29,6 +34,7 @@ as rate-limited `event=request_refused` lines.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import json
 import logging
@@ -79,6 +85,30 @@ _LARGE_NUMBER = re.compile(
 _INF = float("inf")
 _CALL_TYPES = {"/chat/completions": "acompletion", "/completions": "atext_completion",
                "/embeddings": "aembedding", "/models": "amodels"}
+
+
+class Delivery:
+    """What the guard saw of one answer; read by the callback (records.prepare) as a snapshot."""
+
+    __slots__ = ("t0", "status", "started", "complete", "body_bytes", "gone_after_ms")
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.status: int | None = None
+        self.started = self.complete = False
+        self.body_bytes = 0
+        self.gone_after_ms: float | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"client_disconnected": self.gone_after_ms is not None,
+                "disconnected_after_ms": self.gone_after_ms,
+                "response_started": self.started, "response_status": self.status,
+                "response_complete": self.complete, "body_bytes_sent": self.body_bytes}
+
+
+# The Delivery of the request being served; LiteLLM runs its logging callbacks in a copy of the
+# request's context (its logging worker), so the callback finds the right one.
+DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("litellm_pglog_delivery", default=None)
 
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> str:
@@ -231,16 +261,53 @@ class Guard:
                 extra["body_head"] = body[:_BODY_HEAD].decode("utf-8", "replace")
             await self._refuse(scope, send, status, reason, key, **extra)
             return
-        sent = False
+        await self._serve(scope, body, receive, send)
+
+    async def _serve(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """Hand LiteLLM the body read above, and keep listening to the connection ourselves:
+        the server's next message is http.disconnect, either because the answer is complete or
+        because the client left first -- the latter is noted in the Delivery."""
+        delivery = Delivery()
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message.get("type") == "http.disconnect":
+                    if not delivery.complete:
+                        delivery.gone_after_ms = round((time.monotonic() - delivery.t0) * 1000, 1)
+                    gone.set()
+                    return
+
+        handed = False
 
         async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
+            nonlocal handed
+            if not handed:
+                handed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: what the server says next (disconnect)
+            if not gone.is_set():  # no await when set: Starlette polls us inside a cancelled scope
+                await gone.wait()
+            return {"type": "http.disconnect"}
 
-        await self.app(scope, replay, filtered_send)
+        async def tracked_send(message: Message) -> None:
+            kind = message.get("type")
+            if kind == "http.response.start":
+                delivery.started, delivery.status = True, message.get("status")
+                message = dict(message, headers=filter_headers(message.get("headers")))
+            elif kind == "http.response.body":
+                delivery.body_bytes += len(message.get("body") or b"")
+                if not message.get("more_body"):
+                    delivery.complete = True  # before the server sees it (and ends watch())
+            await send(message)
+
+        watcher = asyncio.ensure_future(watch())
+        token = DELIVERY.set(delivery)
+        try:
+            await self.app(scope, replay, tracked_send)
+        finally:
+            DELIVERY.reset(token)
+            watcher.cancel()
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes | None, tuple | None]:
         """The whole body, read before LiteLLM sees it, or why it is refused: (body, None) |

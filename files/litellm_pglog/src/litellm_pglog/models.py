@@ -39,14 +39,27 @@ responses (10 columns) -- exactly one per request row
   id                 BIGINT identity, primary key
   request_id         BIGINT NOT NULL UNIQUE, FK requests.id ON DELETE CASCADE, indexed
   created_at         TIMESTAMPTZ NOT NULL, indexed -- response end (endTime)
-  status             VARCHAR(16) NOT NULL -- 'success' | 'failure'
+  status             VARCHAR(32) NOT NULL -- 'success' | 'failure' | 'client_disconnected' (the
+                     caller hung up before its answer was complete: LiteLLM's own 499 on a stream,
+                     or the request guard saw it leave during a non-streaming call; never counted
+                     as a clean success)
   prompt_tokens      INTEGER NOT NULL
   completion_tokens  INTEGER NOT NULL
   total_tokens       INTEGER NOT NULL
-  cost_usd           NUMERIC(18, 10) NOT NULL -- LiteLLM's response_cost (0 on failure)
+  cost_usd           NUMERIC(18, 10) NOT NULL -- LiteLLM's response_cost (0 on failure). For
+                     client_disconnected: a stream cut short carries LiteLLM's estimate of what
+                     the provider billed (prompt counted by LiteLLM + the chunks received; the
+                     provider's usage report never arrived); a non-streaming call the provider's
+                     own usage (the provider finished the answer nobody received). Tokens alike.
   latency_ms         DOUBLE PRECISION NOT NULL -- endTime - startTime
   body               JSONB NOT NULL -- the response on success; {"error": {...error_information,
-                     "message": error_str}} on failure; truncated like payload
+                     "message": error_str}} on failure; for client_disconnected {"error": {...499},
+                     "response": what LiteLLM assembled (the partial stream / the undelivered
+                     answer), "delivery": {client_disconnected, disconnected_after_ms,
+                     response_started, response_status, response_complete, body_bytes_sent}};
+                     a call the guard refused: failure with error_code 401/403/400/413, and the
+                     request row's payload {"refused_request": {method, path, body_bytes,
+                     body_head}}; truncated like payload
 
 model, call_type and end_user are stored like call_id (verbatim, or `<head>~sha256:<hex>`).
 Text going into JSONB has U+0000 replaced by the six characters `\\u0000` (PostgreSQL
@@ -119,7 +132,7 @@ class Response(Base):
         nullable=False,
     )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(32), nullable=False)
     prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     total_tokens: Mapped[int] = mapped_column(Integer, nullable=False)

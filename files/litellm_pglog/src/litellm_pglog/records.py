@@ -56,6 +56,7 @@ IDENT_MARK = "~sha256:"
 
 STATUS_SUCCESS = "success"
 STATUS_FAILURE = "failure"
+STATUS_CLIENT_DISCONNECTED = "client_disconnected"
 
 # Column widths of models.py (kept here so prepare() needs no SQLAlchemy import).
 CALL_ID_LEN = 256  # LiteLLM accepts a caller's x-litellm-call-id up to 256 characters
@@ -215,6 +216,26 @@ def _uuid_text(hex32: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
+def _litellm_disconnect(error: dict[str, Any], error_str: Any) -> bool:
+    """LiteLLM's own 499 (the caller hung up), not a provider that answered 499."""
+    if str(error.get("error_code") or "") != "499":
+        return False
+    if error.get("error_class") == "ClientDisconnected":
+        return True
+    message = f"{error.get('error_message') or ''} {error_str or ''}".lower()
+    return error.get("error_class") == "HTTPException" and "client disconnected" in message
+
+
+def _delivery(raw: dict[str, Any]) -> dict[str, Any] | None:
+    d = raw.get("delivery")
+    if d is None:
+        return None
+    try:
+        return d.snapshot() if hasattr(d, "snapshot") else dict(d)
+    except Exception:  # never let the delivery note cost the record
+        return None
+
+
 def prepare(raw: dict[str, Any], max_payload_bytes: int) -> dict[str, Any]:
     """One call -> the values of one requests row and one responses row (JSON-able)."""
     now = time.time()
@@ -223,9 +244,23 @@ def prepare(raw: dict[str, Any], max_payload_bytes: int) -> dict[str, Any]:
     metadata = raw.get("metadata") or {}
     error = raw.get("error_information")
     error = dict(error) if isinstance(error, dict) else {}
-    if raw.get("status") == "success":
+    delivery = _delivery(raw)
+    gone = bool(delivery and delivery.get("client_disconnected"))
+    if _litellm_disconnect(error, raw.get("error_str")) or gone:
+        # the client did not get (all of) its answer: never a clean success. Tokens and cost stay
+        # what LiteLLM reports: for a stream cut short, its estimate of what the provider billed
+        # (prompt counted by LiteLLM + the chunks it received); for a non-streaming call the
+        # provider's own usage (it finished the answer nobody received).
+        status = STATUS_CLIENT_DISCONNECTED
+        if not error.get("error_code"):
+            # LiteLLM did not notice (non-streaming call, cancel_on_disconnect off): the guard did
+            error = {"error_code": "499", "error_class": "ClientDisconnected",
+                     "error_message": "client disconnected before the response was delivered"}
+        error["message"] = raw.get("error_str") or error.get("error_message") or ""
+        body: Any = {"error": error, "response": raw.get("response"), "delivery": delivery}
+    elif raw.get("status") == "success":
         status = STATUS_SUCCESS
-        body: Any = raw.get("response")
+        body = raw.get("response")
         if body is None:
             body = {}
     else:

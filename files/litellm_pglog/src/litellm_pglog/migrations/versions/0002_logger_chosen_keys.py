@@ -10,7 +10,8 @@
 - requests.api_key_hash VARCHAR(80), every non-empty value re-hashed with records.key_hash()
   ('h1:' + sha256(label || old value)). The old value was sha256(key) for accepted keys (the
   new code stores key_hash(sha256(key)) for them too, so a key's old and new rows agree) or,
-  the bug this fixes, a raw 64-hex key, which is hashed now. Nothing is left unprefixed.
+  the bug this fixes, a raw 64-hex key, which is hashed now. Nothing is left unprefixed;
+- responses.status VARCHAR(32), for 'client_disconnected'.
 
 Existing rows are kept. Runs in the migrate transaction, under its advisory lock.
 
@@ -56,11 +57,13 @@ def upgrade() -> None:
             " 'hex') WHERE api_key_hash <> ''"
         ).bindparams(prefix=_KEY_PREFIX, label=_KEY_LABEL)
     )
+    op.alter_column("responses", "status", type_=sa.String(32), existing_nullable=False)
 
 
 def downgrade() -> None:
     # Only possible while no call id is used twice and every call id fits 64 characters again.
     # Key hashes stay in the new format (a hash cannot be undone); the column keeps its width.
+    # responses.status keeps its width too ('client_disconnected' rows would not fit 16).
     op.drop_constraint("uq_requests_created_at_event_id", "requests", type_="unique")
     op.drop_index("ix_requests_call_id", "requests")
     op.alter_column("requests", "call_id", type_=sa.String(64), existing_nullable=False)
