@@ -246,6 +246,25 @@ def test_answers_carry_no_internal_headers(proxy):
         assert not [h for h in resp.headers if h.lower() in INTERNAL_HEADERS or h.lower().startswith("llm_provider-")]
 
 
+def test_bodies_litellm_refuses_get_its_400_not_a_500(proxy, cluster):
+    """Client-side credentials, model_list, os.environ/ references: LiteLLM's auth phase means a
+    400, but its error handler needs its database client and answered a plain 500."""
+    t = tag()
+    extras = ['"api_base": "http://evil.example/v1"', '"base_url": "http://evil.example/v1"', '"model_list": []',
+              '"api_key": "os.environ/LITELLM_MASTER_KEY"', '"user_config": {}', '"langfuse_host": "http://x"',
+              '"litellm_embedding_config": {"api_base": "http://x"}']
+    for extra in extras:
+        body = ('{"model": "gpt-stub", "messages": [{"role": "user", "content": "%s"}], %s}' % (t, extra)).encode()
+        status, _, err = http("POST", proxy.url + "/v1/chat/completions", raw=body, key=TEAM_KEY)
+        assert status == 400 and "Rejected Request" in err["error"]["message"], (extra, status, err)
+    marker = tag()
+    assert proxy.chat("after the refused bodies", marker)[0] == 200
+    assert wait_until(lambda: run_rows(cluster, marker) == 1, 10)
+    logged = query(cluster, "SELECT count(*) FROM requests q JOIN responses r ON r.request_id = q.id"
+                            " WHERE q.payload::text LIKE %s AND r.status = 'failure'", ("%" + t + "%",))
+    assert logged == [(len(extras),)]
+
+
 def _raw_post(proxy, headers: dict, body: bytes, read_timeout: float = 30) -> tuple[int, bytes]:
     """POST over a plain socket (the client may stop sending when the answer comes first)."""
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=read_timeout)

@@ -17,6 +17,8 @@ For every request:
      1e400: not JSON, and jsonb refuses them) -> 400. The scan is linear, mostly in C
      (bytes.replace/split/translate, itertools.accumulate), never recursive, and yields to the
      event loop on large bodies; LiteLLM's parsers would recurse and stall or fail with a 500;
+     a JSON body LiteLLM itself would refuse (litellm_body_problem) -> 400 here, not the 500
+     its error path gives without a database;
   4. response headers that reveal internals are dropped: every `llm_provider-*` header (the
      upstream's own headers, e.g. its server software) and every `x-litellm-*` header except
      KEPT_LITELLM_HEADERS (so x-litellm-model-api-base, -model-id, -model-name, -version, the
@@ -42,6 +44,11 @@ import re
 import sys
 import time
 from typing import Any, Awaitable, Callable
+
+try:  # LiteLLM's own dependency, several times faster than json; same result for bounded JSON
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    from json import loads as _loads
 
 from . import auth, records
 from .config import GuardLimits
@@ -186,6 +193,33 @@ async def json_problem(body: bytes, max_depth: int, max_items: int = GuardLimits
             return f"JSON body holds a number too large for a float ({number.group()[:24].decode()}...)"
         if n % 1024 == 1023:
             await asyncio.sleep(0)
+    return None
+
+
+def litellm_body_problem(body: bytes, path: str) -> str | None:
+    """LiteLLM's own verdict on a body it would refuse (client-side api_base/base_url/api keys,
+    model_list, os.environ/ references, ...: auth_utils.is_request_body_safe, its list, not ours).
+    LiteLLM means a 400, but it raises a ValueError whose handler needs its database client
+    (prisma), absent here, so the caller would get a plain 500. Asked here first, after the
+    body's shape is bounded, so such a request gets LiteLLM's 400 and its rows."""
+    proxy = sys.modules.get("litellm.proxy.proxy_server")
+    if proxy is None:
+        return None
+    try:
+        data = _loads(body)
+    except (ValueError, RecursionError):
+        return None  # malformed: LiteLLM answers it
+    if not isinstance(data, dict):
+        return None
+    try:
+        from litellm.proxy.auth.auth_utils import is_request_body_safe
+
+        is_request_body_safe(request_body=data, general_settings=getattr(proxy, "general_settings", {}) or {},
+                             llm_router=getattr(proxy, "llm_router", None), model=data.get("model", ""), route=path)
+    except ValueError as exc:
+        return str(exc)[:500]
+    except Exception:  # a LiteLLM internal we do not understand: leave the request to LiteLLM
+        return None
     return None
 
 
@@ -338,6 +372,8 @@ class Guard:
         content_type = (_header(headers, b"content-type") or "").split(";", 1)[0].strip().lower()
         if body and content_type not in _NOT_JSON:
             reason = await json_problem(body, self.limits.max_json_depth, self.limits.max_json_items)
+            if reason is None:
+                reason = litellm_body_problem(body, scope.get("path") or "")
             if reason:
                 return body, (400, reason, size)
         return body, None
