@@ -11,7 +11,8 @@ Modules:
   callback   the LiteLLM CustomLogger (`proxy_handler_instance`)
   auth       keys and the route allow-list; custom_auth for the proxy (401 / 403)
   guard      ASGI middleware in front of LiteLLM's app: key + allow-list on every route,
-             response headers that reveal internals dropped
+             body size / JSON depth / value count / non-finite numbers bounded before
+             parsing, internal response headers dropped, client hang-ups noted
   schema     Alembic upgrade, grants, revision check
   evidence   SQL of the evidence commands
   cli        `litellm-pglog`

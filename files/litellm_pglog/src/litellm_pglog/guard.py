@@ -13,8 +13,8 @@ For every request:
   3. the body is read here first, bounded before anything parses it: larger than
      PGLOG_MAX_BODY_BYTES -> 413 (a Content-Length above it is refused unread); a JSON body
      nested deeper than PGLOG_MAX_JSON_DEPTH, with more than PGLOG_MAX_JSON_ITEMS values, or
-     holding a non-finite number (NaN, Infinity,
-     1e400: not JSON, and jsonb refuses them) -> 400. The scan is linear, mostly in C
+     holding a non-finite number (NaN, Infinity, 1e400: not JSON, and jsonb refuses them)
+     -> 400. The scan is linear, mostly in C
      (bytes.replace/split/translate, itertools.accumulate), never recursive, and yields to the
      event loop on large bodies; LiteLLM's parsers would recurse and stall or fail with a 500;
      a JSON body LiteLLM itself would refuse (litellm_body_problem) -> 400 here, not the 500
@@ -70,8 +70,8 @@ KEPT_LITELLM_HEADERS = frozenset({
     b"x-litellm-response-duration-ms",
 })
 
-# Where LiteLLM looks for the key, in its order (user_api_key_auth.get_api_key, 1.108.7).
-_BEARER_HEADERS = (b"x-litellm-api-key", b"authorization")
+# Where LiteLLM looks for the key, in its order (user_api_key_auth.get_api_key, 1.108.7), after
+# x-litellm-api-key and Authorization. Its `?key=` on Google generate-content routes is not taken.
 _RAW_KEY_HEADERS = (b"api-key", b"x-api-key", b"x-goog-api-key", b"ocp-apim-subscription-key")
 # Bodies LiteLLM does not parse as JSON (http_parsing_utils, 1.108.7): size-checked only.
 _NOT_JSON = frozenset({"multipart/form-data", "application/x-www-form-urlencoded",
@@ -82,9 +82,8 @@ _STEP[ord("[")] = _STEP[ord("{")] = 1
 _STEP[ord("]")] = _STEP[ord("}")] = -1
 _SLICE = 1 << 16  # brackets per step of the depth scan between yields to the event loop
 _BODY_HEAD = 4096  # bytes of a refused body kept in its row
-# Outside strings, tokens Python's json (LiteLLM's fallback parser) turns into non-finite floats:
-# the constants, and numbers that overflow (a 3-digit exponent, or 300+ digits: float() decides).
-# A number token that may overflow a float: any with an exponent, or 309+ digits before the point
+# Outside strings, Python's json (LiteLLM's fallback parser) turns NaN/Infinity and numbers that
+# overflow into non-finite floats. A number token that may overflow a float: any with an exponent, or 309+ digits before the point
 # (a JSON integer, however long, stays an int in Python: finite); float() decides. Tried only where
 # a digit run starts, with possessive runs: a body of a million digits is scanned a few times.
 _LARGE_NUMBER = re.compile(
