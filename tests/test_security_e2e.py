@@ -265,6 +265,11 @@ def test_bodies_litellm_refuses_get_its_400_not_a_500(proxy, cluster):
     assert logged == [(len(extras),)]
 
 
+def _content_length(data: bytes) -> int:
+    match = re.search(rb"(?im)^content-length: *([0-9]+)", data.split(b"\r\n\r\n", 1)[0])
+    return int(match.group(1)) if match else 0
+
+
 def _raw_post(proxy, headers: dict, body: bytes, read_timeout: float = 30) -> tuple[int, bytes]:
     """POST over a plain socket (the client may stop sending when the answer comes first)."""
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=read_timeout)
@@ -276,7 +281,7 @@ def _raw_post(proxy, headers: dict, body: bytes, read_timeout: float = 30) -> tu
         except OSError:
             pass  # the guard answered and closed before reading it all
         data = b""
-        while b"\r\n\r\n" not in data:
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _content_length(data):
             chunk = sock.recv(65536)
             if not chunk:
                 break
