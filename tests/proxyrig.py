@@ -87,7 +87,8 @@ class Stub:
 
 
 class Proxy:
-    def __init__(self, workdir: str, stub_port: int, env: dict[str, str]) -> None:
+    def __init__(self, workdir: str, stub_port: int, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.args = tuple(args)  # extra `litellm` arguments, e.g. ("--num_workers", "2")
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.config = os.path.join(workdir, "config.yaml")
@@ -97,6 +98,8 @@ class Proxy:
         self.env.update({
             "LITELLM_MASTER_KEY": MASTER_KEY, "PGLOG_API_KEYS": f"team-e2e={TEAM_KEY}",
             "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
+            # what the role's env file sets: no Swagger/ReDoc pages, no admin UI (issue 11)
+            "NO_DOCS": "True", "NO_REDOC": "True", "DISABLE_ADMIN_UI": "True",
             "PGLOG_SPOOL_DIR": os.path.join(workdir, "spool"), "PGLOG_STATE_DIR": os.path.join(workdir, "state"),
             **env,
         })
@@ -111,7 +114,8 @@ class Proxy:
     def start(self, timeout: float = 90) -> None:
         litellm = os.path.join(os.path.dirname(sys.executable), "litellm")
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([litellm, "--config", self.config, "--host", "127.0.0.1", "--port", str(self.port)],
+        self.proc = subprocess.Popen([litellm, "--config", self.config, "--host", "127.0.0.1", "--port", str(self.port),
+                                      *self.args],
                                      env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -154,3 +158,40 @@ class Proxy:
         body = {"model": model, "messages": [{"role": "user", "content": content}], "metadata": {"tags": [tag]}}
         body.update(extra)
         return http("POST", self.url + "/v1/chat/completions", body, key)
+
+
+_ROUTES_SCRIPT = r"""
+import json, os, sys
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from fastapi.routing import _IncludedRouter
+from starlette.routing import Mount
+from litellm.proxy import proxy_server
+from litellm.proxy._lazy_features import register_all_features
+
+app = proxy_server.app
+register_all_features(app)  # the routes LiteLLM otherwise attaches on first use
+out = []
+
+def walk(items):
+    for r in items:
+        if isinstance(r, _IncludedRouter):
+            walk(r.effective_candidates())
+            continue
+        orig = getattr(r, "original_route", r)
+        path = getattr(r, "path", None) or getattr(orig, "path", None)
+        kind = "mount" if isinstance(orig, Mount) else "websocket" if "WebSocket" in type(orig).__name__ else "http"
+        out.append({"path": path, "methods": sorted(getattr(orig, "methods", None) or []), "kind": kind})
+
+walk(app.routes)
+json.dump(out, sys.stdout)
+"""
+
+
+def litellm_routes() -> list[dict]:
+    """Every route of the installed LiteLLM proxy app (the one the proxy rig runs), with the
+    lazily attached feature routers registered: [{"path", "methods", "kind"}], ~990 entries."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PGLOG_", "LITELLM_"))}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    out = subprocess.run([sys.executable, "-c", _ROUTES_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300, check=True)
+    return json.loads(out.stdout)

@@ -6,6 +6,8 @@ import hashlib
 import pytest
 from fastapi import HTTPException
 
+from litellm_pglog import records
+from litellm_pglog import auth as auth_mod
 from litellm_pglog.auth import user_api_key_auth
 
 
@@ -15,8 +17,9 @@ def keys(monkeypatch):
     monkeypatch.setenv("PGLOG_API_KEYS", "alpha=sk-a1, beta=sk-b2,broken-entry,=nokey")
 
 
-def auth(key):
-    return asyncio.run(user_api_key_auth(None, key))
+def auth(key, method=None, path=None):
+    request = None if path is None else type("Req", (), {"scope": {"method": method, "path": path}})()
+    return asyncio.run(user_api_key_auth(request, key))
 
 
 @pytest.mark.parametrize("key", ["", None, "   ", "Bearer "])
@@ -35,7 +38,7 @@ def test_wrong_key_is_401(key):
 
 def test_master_key_is_admin_and_hashed():
     u = auth("sk-master-1")
-    assert u.api_key == hashlib.sha256(b"sk-master-1").hexdigest()
+    assert u.api_key == hashlib.sha256(b"sk-master-1").hexdigest() == records.key_digest("sk-master-1")
     assert u.key_alias == "master" and u.user_role.value == "proxy_admin"
 
 
@@ -50,3 +53,24 @@ def test_no_master_key_configured_rejects_everything(monkeypatch):
     monkeypatch.delenv("PGLOG_API_KEYS")
     with pytest.raises(HTTPException):
         auth("sk-master-1")
+
+
+@pytest.mark.parametrize("method,path", sorted(auth_mod.INFERENCE_ROUTES))
+def test_internal_keys_may_call_the_inference_routes(method, path):
+    assert auth("sk-a1", method, path).user_role.value == "internal_user"
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/model/info"), ("GET", "/get/config/callbacks"), ("GET", "/health"),
+                                         ("GET", "/routes"), ("GET", "/settings"), ("GET", "/router/settings"),
+                                         ("POST", "/key/generate"), ("GET", "/v1/chat/completions"),
+                                         ("POST", "/v1/chat/completions/"), ("POST", "/openai/deployments/m/chat/completions")])
+def test_internal_keys_get_403_elsewhere_and_the_master_key_does_not(method, path):
+    with pytest.raises(HTTPException) as exc:
+        auth("sk-a1", method, path)
+    assert exc.value.status_code == 403
+    assert auth("sk-master-1", method, path).user_role.value == "proxy_admin"
+
+
+def test_allow_list_is_exactly_the_inference_api():
+    assert auth_mod.INFERENCE_ROUTES == {(m, p + r) for p in ("/v1", "") for m, r in (
+        ("POST", "/chat/completions"), ("POST", "/completions"), ("POST", "/embeddings"), ("GET", "/models"))}

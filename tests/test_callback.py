@@ -46,3 +46,20 @@ def test_config_error_refuses_to_start(monkeypatch):
 
     with pytest.raises(ConfigError, match="PGLOG_DB_HOST"):
         PglogCallback()
+
+
+def test_the_guards_delivery_note_travels_with_the_record():
+    from litellm_pglog.guard import DELIVERY, Delivery
+
+    w = FakeWriter()
+    cb = PglogCallback(writer=w)
+    note = Delivery()
+    token = DELIVERY.set(note)
+    try:
+        asyncio.run(cb.async_log_success_event({"standard_logging_object": make_slo(1), "litellm_call_id": "c"},
+                                               None, 0, 0))
+    finally:
+        DELIVERY.reset(token)
+    asyncio.run(cb.async_log_success_event({"standard_logging_object": make_slo(2)}, None, 0, 0))
+    assert w.got[0]["delivery"] is note  # a reference: the guard may still learn of a hang-up
+    assert w.got[1]["delivery"] is None

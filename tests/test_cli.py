@@ -7,6 +7,7 @@ import subprocess
 from helpers import make_slo
 from litellm_pglog import records
 from litellm_pglog.config import Settings
+from litellm_pglog.schema import code_head
 from litellm_pglog.spool import Spool
 from litellm_pglog.writer import Writer
 from pgcluster import OWNER, OWNER_PW, WRITER, wait_until
@@ -22,7 +23,7 @@ def run(env, *args, check=True):
 
 def test_migrate_prints_json_and_is_idempotent(cluster, migrated):
     out = run(cluster.env(OWNER, OWNER_PW), "migrate", "--grant-to", WRITER)
-    assert json.loads(out.stdout) == {"changed": False, "revision": "0001", "previous_revision": "0001", "granted": []}
+    assert json.loads(out.stdout) == {"changed": False, "revision": code_head(), "previous_revision": code_head(), "granted": []}
 
 
 def test_migrate_as_writer_fails(cluster, migrated):

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import query
+from litellm_pglog import records
+from litellm_pglog.schema import code_head
 from pgcluster import DB, wait_until
 from proxyrig import MASTER_KEY, TEAM_KEY, Proxy, Stub, cli, http
 
@@ -84,7 +86,7 @@ def test_n_calls_give_n_request_and_n_response_rows(proxy, cluster):
     for pt, ct, tt, cost, key_hash, model in ok:
         assert (pt, ct, tt) == (7, 5, 12)
         assert cost == pytest.approx(7 * 0.000001 + 5 * 0.000002)
-        assert key_hash == hashlib.sha256(TEAM_KEY.encode()).hexdigest() and model == "gpt-stub"
+        assert key_hash == records.stored_key_hash(TEAM_KEY) and model == "gpt-stub"
     # call_id is LiteLLM's call id, the x-litellm-call-id header the client got
     header_ids = {r[1].get("x-litellm-call-id") for r in results[:n_ok]}
     db_ids = {c for (c,) in query(cluster, "SELECT call_id FROM requests WHERE tags @> %s::jsonb", (json.dumps([t]),))}
@@ -110,7 +112,7 @@ def test_no_raw_key_reaches_the_database(proxy, cluster):
 def test_bad_input(proxy, cluster):
     t = tag()
     nul = "before\x00after"
-    big = "w " * (512 * 1024)  # 1 MB prompt
+    big = "w " * (400 * 1024)  # 800 KiB prompt: under the 1 MiB body limit, over PGLOG_MAX_PAYLOAD_BYTES
     odd = "ünïcødé 日本語 🚀 Ω"
     sql = "'); DROP TABLE requests; -- SELECT * FROM pg_authid"
     for content in (nul, big, odd, sql):
@@ -198,7 +200,7 @@ def test_refuses_to_start_on_schema_mismatch(cluster, migrated, stub, tmp_path):
     finally:
         p.kill()
         with cluster.admin(DB) as conn:
-            conn.cursor().execute("UPDATE alembic_version SET version_num = '0001'")
+            conn.cursor().execute("UPDATE alembic_version SET version_num = %s", (code_head(),))
 
 
 def test_restart_with_records_queued_and_db_down_loses_nothing(cluster, migrated, stub, tmp_path):

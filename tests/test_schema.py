@@ -1,5 +1,6 @@
 """Models, migrations, grants, the connect evidence line, TLS/SCRAM enforcement."""
 
+import hashlib
 import json
 import logging
 
@@ -31,15 +32,16 @@ def test_tables_have_the_documented_columns(cluster, migrated):
     req = columns(cluster, "requests")
     resp = columns(cluster, "responses")
     assert [c for c, _ in req] == ["id", "call_id", "created_at", "logged_at", "model", "call_type", "stream",
-                                   "api_key_hash", "end_user", "tags", "payload"]
+                                   "api_key_hash", "end_user", "tags", "payload", "event_id"]
     assert [c for c, _ in resp] == ["id", "request_id", "created_at", "status", "prompt_tokens",
                                     "completion_tokens", "total_tokens", "cost_usd", "latency_ms", "body"]
-    assert dict(req)["payload"] == "jsonb" and dict(req)["id"] == "bigint"
+    assert dict(req)["payload"] == "jsonb" and dict(req)["id"] == "bigint" and dict(req)["event_id"] == "uuid"
     fk = query(cluster, "SELECT confdeltype FROM pg_constraint WHERE conname = 'fk_responses_request_id'")
     assert fk == [("c",)]  # ON DELETE CASCADE
     idx = {r[0] for r in query(cluster, "SELECT indexname FROM pg_indexes WHERE tablename IN ('requests','responses')")}
     assert {"ix_requests_created_at", "ix_requests_model", "ix_responses_request_id",
-            "ix_responses_created_at", "uq_requests_call_id"} <= idx
+            "ix_responses_created_at", "ix_requests_call_id", "uq_requests_created_at_event_id"} <= idx
+    assert "uq_requests_call_id" not in idx
 
 
 def test_models_match_migration(cluster, migrated):
@@ -60,8 +62,8 @@ def test_writer_role_is_least_privilege(clean_db):
     conn = psycopg2.connect(host="localhost", port=clean_db.port, dbname=DB, user=WRITER, password=WRITER_PW,
                             sslmode="verify-full", sslrootcert=clean_db.ca)
     cur = conn.cursor()
-    cur.execute("INSERT INTO requests (call_id, created_at, model, call_type, stream, api_key_hash, tags, payload)"
-                " VALUES ('g1', now(), 'm', 'c', false, '', '[]', '{}') RETURNING id")
+    cur.execute("INSERT INTO requests (event_id, call_id, created_at, model, call_type, stream, api_key_hash, tags,"
+                " payload) VALUES (gen_random_uuid(), 'g1', now(), 'm', 'c', false, '', '[]', '{}') RETURNING id")
     rid = cur.fetchone()[0]
     cur.execute("INSERT INTO responses (request_id, created_at, status, prompt_tokens, completion_tokens,"
                 " total_tokens, cost_usd, latency_ms, body) VALUES (%s, now(), 'success', 1, 1, 2, 0, 1, '{}')", (rid,))
@@ -78,14 +80,15 @@ def test_writer_role_is_least_privilege(clean_db):
     assert query(clean_db, "SELECT count(*) FROM responses") == [(0,)]
 
 
-def test_call_id_unique(clean_db):
+def test_call_id_repeats_but_the_event_key_is_unique(clean_db):
+    ins = ("INSERT INTO requests (event_id, call_id, created_at, model, call_type, stream, api_key_hash, tags, payload)"
+           " VALUES (%s, 'dup', '2026-12-01T00:00:00Z', 'm', 'c', false, '', '[]', '{}')")
     with clean_db.admin(DB) as conn:
         cur = conn.cursor()
-        ins = ("INSERT INTO requests (call_id, created_at, model, call_type, stream, api_key_hash, tags, payload)"
-               " VALUES ('dup', now(), 'm', 'c', false, '', '[]', '{}')")
-        cur.execute(ins)
+        cur.execute(ins, ("00000000-0000-0000-0000-000000000001",))
+        cur.execute(ins, ("00000000-0000-0000-0000-000000000002",))  # same call id: a second call
         with pytest.raises(psycopg2.errors.UniqueViolation):
-            cur.execute(ins)
+            cur.execute(ins, ("00000000-0000-0000-0000-000000000001",))  # same event: a duplicate
 
 
 def test_non_tls_connection_is_refused(cluster):
@@ -176,3 +179,69 @@ def test_fresh_database_migrates_and_grants(cluster):
     finally:
         engine.dispose()
         cluster.drop_db("mig_fresh")
+
+
+RAW_HEX_KEY = "5f" * 32  # what `openssl rand -hex 32` gives
+
+
+def test_migration_0002_keeps_rows_and_replays_old_spool_lines_onto_them(cluster):
+    """A database at 0001 with rows (as the previous release wrote them) goes to head: every row
+    is kept and gets an event id; a spool line of the previous release replays onto its row."""
+    from alembic import command
+
+    from litellm_pglog import records
+    from litellm_pglog.schema import alembic_config
+    from litellm_pglog.writer import insert_batch
+
+    cluster.create_db("mig_0001")
+    engine = make_engine(Settings.from_env(cluster.env(OWNER, OWNER_PW, "mig_0001")), log_connect=False)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+            # api_key_hash as the previous release stored it: sha256 of an accepted key, a raw 64-hex
+            # key (the bug: a wrong key of that shape was stored as it was), none
+            old_hashes = [hashlib.sha256(b"sk-team").hexdigest(), RAW_HEX_KEY, ""]
+            for i, call_id in enumerate(["old-a", "old-b", "o" * 64]):
+                rid = conn.execute(text(
+                    "INSERT INTO requests (call_id, created_at, model, call_type, stream, api_key_hash, tags, payload)"
+                    " VALUES (:c, to_timestamp(:t), 'gpt-stub', 'acompletion', false, :k, '[\"run:old\"]', '{}')"
+                    " RETURNING id"), {"c": call_id, "t": 1000.0 + i, "k": old_hashes[i]}).scalar()
+                conn.execute(text("INSERT INTO responses (request_id, created_at, status, prompt_tokens,"
+                                  " completion_tokens, total_tokens, cost_usd, latency_ms, body)"
+                                  " VALUES (:r, to_timestamp(:t), 'success', 1, 2, 3, 0.5, 1, '{}')"),
+                             {"r": rid, "t": 1000.5 + i})
+        first = migrate(engine, WRITER)
+        again = migrate(engine, WRITER)
+        assert first["changed"] and first["previous_revision"] == "0001" and first["revision"] == code_head()
+        assert not again["changed"]
+        with engine.connect() as conn:
+            got = conn.execute(text("SELECT q.call_id, q.event_id::text, r.total_tokens FROM requests q"
+                                    " JOIN responses r ON r.request_id = q.id ORDER BY q.id")).all()
+        assert [(c, t) for c, _, t in got] == [("old-a", 3), ("old-b", 3), ("o" * 64, 3)]
+        assert [e for _, e, _ in got] == [records.legacy_event_id(c) for c, _, _ in got]
+        with engine.connect() as conn:
+            hashes = [h for (h,) in conn.execute(text("SELECT api_key_hash FROM requests ORDER BY id"))]
+            raw_left = conn.execute(text("SELECT count(*) FROM requests WHERE api_key_hash = :k"),
+                                    {"k": RAW_HEX_KEY}).scalar()
+        # the accepted key's rows now hold exactly what the new code stores for that key
+        assert hashes == [records.stored_key_hash("sk-team"), records.key_hash(RAW_HEX_KEY), ""]
+        assert raw_left == 0
+        # a spool line the previous release wrote for old-a (no "v", no event_id) is a duplicate now
+        legacy_line = {"call_id": "old-a", "created_at": 1000.0, "model": "gpt-stub", "call_type": "acompletion",
+                       "stream": False, "api_key_hash": RAW_HEX_KEY, "end_user": None, "tags": '["run:old"]',
+                       "payload": "{}", "ended_at": 1000.5, "status": "success", "prompt_tokens": 1,
+                       "completion_tokens": 2, "total_tokens": 3, "cost_usd": 0.5, "latency_ms": 1.0, "body": "{}"}
+        written, dups = insert_batch(engine, [legacy_line, dict(legacy_line, call_id="old-c", created_at=1003.0)])
+        assert (written, dups) == (1, [records.legacy_event_id("old-a")])
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT api_key_hash FROM requests WHERE call_id = 'old-c'")).scalar() \
+                == records.key_hash(RAW_HEX_KEY)  # a replayed old line is hashed the new way too
+        # the caller's call id may now repeat
+        written, _ = insert_batch(engine, [records.prepare(records.capture(
+            {"id": "old-a", "startTime": 1000.0, "status": "success", "request_tags": ["run:old"]}), 4096)])
+        assert written == 1
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM requests WHERE call_id = 'old-a'")).scalar() == 2
+    finally:
+        engine.dispose()
+        cluster.drop_db("mig_0001")

@@ -76,15 +76,17 @@ def test_values_land_as_given(writer, clean_db):
 
 
 def test_duplicates_are_counted_and_logged_not_inserted(writer, clean_db, caplog):
-    s = make_slo(1, call_id="dup-call-1")
+    """A duplicate is the same record delivered twice (same event id, e.g. a replay)."""
+    raw = records.capture(make_slo(1, call_id="dup-call-1"))
     lines = []
     h = logging.Handler()
     h.emit = lambda r: lines.append(r.getMessage())
     logging.getLogger("litellm_pglog").addHandler(h)
     try:
-        submit(writer, [s, s])  # same batch
+        writer.submit(raw)
+        writer.submit(raw)  # same batch
         assert wait_until(lambda: writer.counters["written"] + writer.counters["duplicates"] == 2)
-        submit(writer, [make_slo(2, call_id="dup-call-1", status="failure")])  # a later batch
+        writer.submit(dict(raw, status="failure"))  # a later batch, same event
         assert wait_until(lambda: writer.counters["duplicates"] == 2)
     finally:
         logging.getLogger("litellm_pglog").removeHandler(h)
@@ -92,7 +94,24 @@ def test_duplicates_are_counted_and_logged_not_inserted(writer, clean_db, caplog
     assert query(clean_db, "SELECT count(*) FROM requests WHERE call_id = 'dup-call-1'") == [(1,)]
     assert query(clean_db, "SELECT r.status FROM responses r JOIN requests q ON q.id = r.request_id"
                            " WHERE q.call_id = 'dup-call-1'") == [("success",)]  # first one wins
-    assert sum(1 for l in lines if l.startswith("event=duplicate") and "dup-call-1" in l) == 2
+    event = records.prepare(raw, 1024)["event_id"]
+    assert sum(1 for l in lines if l.startswith("event=duplicate") and event in l) == 2
+
+
+def test_calls_sharing_a_call_id_are_all_stored(writer, clean_db):
+    """The call id is the caller's to choose (x-litellm-call-id): never the dedupe key."""
+    long_a, long_b = "k" * 255 + "a", "k" * 255 + "b"
+    slos = ([make_slo(i, call_id="reused-id") for i in range(5)]
+            + [make_slo(5, call_id="p" * 64 + "-one"), make_slo(6, call_id="p" * 64 + "-two")]
+            + [make_slo(7, call_id=long_a), make_slo(8, call_id=long_b), make_slo(9, call_id=long_b + "x")])
+    submit(writer, slos)
+    assert wait_until(lambda: writer.counters["written"] == 10)
+    assert writer.counters["duplicates"] == 0
+    assert rows(clean_db) == 10 and responses(clean_db) == 10
+    assert query(clean_db, "SELECT count(*) FROM requests WHERE call_id = 'reused-id'") == [(5,)]
+    stored = {c for (c,) in query(clean_db, "SELECT call_id FROM requests WHERE call_id LIKE 'p%%' OR call_id LIKE 'k%%'")}
+    assert len(stored) == 5 and {long_a, long_b, "p" * 64 + "-one"} <= stored
+    assert query(clean_db, "SELECT count(DISTINCT event_id) FROM requests") == [(10,)]
 
 
 def test_nul_non_ascii_and_sql_text_are_stored(writer, clean_db):
@@ -103,7 +122,7 @@ def test_nul_non_ascii_and_sql_text_are_stored(writer, clean_db):
     content, end_user = query(clean_db, "SELECT payload->'messages'->0->>'content', end_user FROM requests"
                                         " WHERE call_id = %s", (s["id"],))[0]
     assert content == evil.replace("\x00", "\\u0000")
-    assert end_user == "bob\\u0000"
+    assert end_user.startswith("bob\\u0000" + records.IDENT_MARK)  # never equal to a literal "bob\\u0000"
     assert query(clean_db, "SELECT to_regclass('requests') IS NOT NULL") == [(True,)]
 
 
@@ -118,12 +137,23 @@ def test_oversize_payload_is_truncated_with_marker(writer, clean_db):
 
 def test_rejected_record_is_isolated_and_kept(writer, clean_db):
     good = [make_slo(i) for i in range(9)]
-    bad = make_slo(99, startTime=float("nan"))  # to_timestamp(NaN) -> DataError
+    bad = make_slo(99, prompt_tokens=2 ** 40)  # INTEGER out of range -> DataError
     submit(writer, good[:4] + [bad] + good[4:])
     assert wait_until(lambda: writer.counters["written"] == 9 and writer.counters["failed"] == 1)
     rejected = [json.loads(l) for l in open(os.path.join(writer.spool.directory, f"rejected-{os.getpid()}.jsonl"))]
     assert [r["record"]["call_id"] for r in rejected] == [bad["id"]]
     assert rows(clean_db) == 9
+
+
+def test_non_finite_values_are_written_not_rejected(writer, clean_db):
+    s = make_slo(1, model_parameters={"temperature": float("nan"), "max_tokens": float("inf")},
+                 messages=[{"role": "user", "content": "x", "weight": float("-inf")}], response_cost=float("nan"))
+    submit(writer, [s])
+    assert wait_until(lambda: writer.counters["written"] == 1)
+    assert writer.counters["failed"] == 0
+    got = query(clean_db, "SELECT q.payload->'model_parameters', q.payload->'messages'->0->>'weight', r.cost_usd"
+                          " FROM requests q JOIN responses r ON r.request_id = q.id WHERE q.call_id = %s", (s["id"],))
+    assert got == [({"temperature": "NaN", "max_tokens": "Infinity"}, "-Infinity", 0)]
 
 
 def test_outage_spools_then_replays_everything_once(writer, clean_db):

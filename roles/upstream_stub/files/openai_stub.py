@@ -8,6 +8,7 @@ POST /v1/chat/completions (also /chat/completions):
   directives anywhere in the last user message:
     #stub:fail=CODE   answer with that HTTP status and an OpenAI-style error body
     #stub:sleep=MS    wait MS milliseconds before answering
+    #stub:chunk_ms=MS when streaming, wait MS milliseconds before each content chunk
   "stream": true answers as server-sent events (chunks + final usage chunk + [DONE]).
 GET /health -> {"status": "ok"}.  Anything else -> 404.
 
@@ -24,7 +25,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-DIRECTIVE = re.compile(r"#stub:(fail|sleep)=(\d+)")
+DIRECTIVE = re.compile(r"#stub:(fail|sleep|chunk_ms)=(\d+)")
 COMPLETION_PATHS = ("/v1/chat/completions", "/chat/completions")
 
 
@@ -99,7 +100,8 @@ class Handler(BaseHTTPRequestHandler):
         created = int(time.time())
         model = str(req.get("model") or "stub")
         if req.get("stream"):
-            self._stream(cid, created, model, reply_words, usage)
+            chunk_ms = max([int(v) for k, v in DIRECTIVE.findall(last_user) if k == "chunk_ms"] or [0])
+            self._stream(cid, created, model, reply_words, usage, chunk_ms / 1000.0)
             return
         self._send(200, {
             "id": cid, "object": "chat.completion", "created": created, "model": model,
@@ -107,7 +109,8 @@ class Handler(BaseHTTPRequestHandler):
             "usage": usage,
         })
 
-    def _stream(self, cid: str, created: int, model: str, words: list[str], usage: dict) -> None:
+    def _stream(self, cid: str, created: int, model: str, words: list[str], usage: dict,
+                chunk_delay: float = 0.0) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -124,6 +127,9 @@ class Handler(BaseHTTPRequestHandler):
 
         chunk({"role": "assistant", "content": ""})
         for i, w in enumerate(words):
+            if chunk_delay:
+                self.wfile.flush()
+                time.sleep(chunk_delay)
             chunk({"content": (" " if i else "") + w})
         chunk({}, "stop")
         chunk({}, None, usage)

@@ -9,7 +9,10 @@ Modules:
   spool      fsync'd on-disk spool segments shared by several processes
   writer     background writer thread: batching, fast INSERTs, retry, spool, drain
   callback   the LiteLLM CustomLogger (`proxy_handler_instance`)
-  auth       custom_auth for the proxy (401 on missing/wrong key)
+  auth       keys and the route allow-list; custom_auth for the proxy (401 / 403)
+  guard      ASGI middleware in front of LiteLLM's app: key + allow-list on every route,
+             body size / JSON depth / value count / non-finite numbers bounded before
+             parsing, internal response headers dropped, client hang-ups noted
   schema     Alembic upgrade, grants, revision check
   evidence   SQL of the evidence commands
   cli        `litellm-pglog`

@@ -6,6 +6,8 @@ reads PGLOG_* from the environment, checks the database revision and starts the 
 a configuration error or a schema mismatch raises, so the proxy refuses to start with an
 `event=startup_refused` line instead of running without its log.
 
+Creating it also installs the request guard (guard.py) in front of LiteLLM's app.
+
 On the event loop the hooks only copy references out of `standard_logging_object` and put them
 on a SimpleQueue (no serialisation, no I/O): see bench/callback_overhead.py.
 """
@@ -22,6 +24,8 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from .config import ConfigError, Settings
 from .events import emit
+from .guard import DELIVERY
+from .guard import install as install_guard
 from .records import capture
 from .writer import Writer
 
@@ -46,10 +50,13 @@ class PglogCallback(CustomLogger):
             self.missing_slo += 1
             emit("missing_standard_logging_object", logging.WARNING, call_id=kwargs.get("litellm_call_id"))
             return
-        raw = capture(slo)
-        # The dedupe key is LiteLLM's call id (uuid4, = the x-litellm-call-id response header).
-        # slo["id"] is not: in 1.108.7 it is the provider's response id when there is one.
+        raw = capture(slo)  # gives the event its own id and time: the row's unique key
+        # The call id stored (and searchable, not unique) is LiteLLM's (= the x-litellm-call-id
+        # response header, which a caller may choose). slo["id"] is not: in 1.108.7 it is the
+        # provider's response id when there is one.
         raw["id"] = kwargs.get("litellm_call_id") or slo.get("id")
+        # what the guard saw of the answer (a reference: read when the writer prepares the row)
+        raw["delivery"] = DELIVERY.get()
         self.writer.submit(raw)
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):  # noqa: ANN001
@@ -83,6 +90,13 @@ def get_instance() -> PglogCallback:
             # while our daemon writer thread is still alive.
             atexit.register(_instance.shutdown)
             _take_over_uvicorn_signals()
+            # In front of LiteLLM's app, in this worker (LiteLLM has no middleware setting; its
+            # config load, which asks for us, runs in every worker's startup).
+            try:
+                install_guard()
+            except ConfigError as exc:  # PGLOG_MAX_BODY_BYTES / PGLOG_MAX_JSON_DEPTH malformed
+                emit("startup_refused", logging.ERROR, reason=str(exc))
+                raise
         return _instance
 
 

@@ -150,6 +150,9 @@ def cmd_evidence(args: argparse.Namespace, settings: Settings) -> int:
         print(f"count: {res['count']}")
         if "totals" in res:
             print(table(list(res["totals"].keys()), [tuple(res["totals"].values())]))
+        if "by_status" in res:
+            print(table(["status", "responses", "total_tokens", "cost_usd"],
+                        [(s, v["responses"], v["total_tokens"], v["cost_usd"]) for s, v in res["by_status"].items()]))
     return 0
 
 

@@ -100,3 +100,29 @@ class Settings:
             drain_timeout_s=_float(env, "PGLOG_DRAIN_TIMEOUT_S", 20.0, 0.0),
             max_payload_bytes=_int(env, "PGLOG_MAX_PAYLOAD_BYTES", 262_144, 1024),
         )
+
+
+@dataclass(frozen=True)
+class GuardLimits:
+    """Limits the request guard (guard.py) applies before LiteLLM reads a body.
+
+    Read on their own (no database variables needed): the guard runs in every worker.
+      PGLOG_MAX_BODY_BYTES   largest request body accepted, bytes (default 1 MiB) -> 413 above
+      PGLOG_MAX_JSON_DEPTH   deepest nesting of arrays/objects in a JSON body (default 64) -> 400 above
+      PGLOG_MAX_JSON_ITEMS   most values (array items, object members) in a JSON body (default
+                             50000) -> 400 above: LiteLLM spends microseconds per value on its
+                             event loop, so 300k tiny values in 1 MiB would hold up every caller
+    """
+
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 64
+    max_json_items: int = 50_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "GuardLimits":
+        env = os.environ if env is None else env
+        return cls(
+            max_body_bytes=_int(env, "PGLOG_MAX_BODY_BYTES", cls.max_body_bytes, 1024),
+            max_json_depth=_int(env, "PGLOG_MAX_JSON_DEPTH", cls.max_json_depth, 8),
+            max_json_items=_int(env, "PGLOG_MAX_JSON_ITEMS", cls.max_json_items, 100),
+        )

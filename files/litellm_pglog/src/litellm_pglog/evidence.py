@@ -2,6 +2,11 @@
 
 Every number comes from one query against the live tables; nothing is computed elsewhere.
 A run is the set of request rows whose `tags` JSONB array contains the run tag.
+
+Since revision 0002 a row's identity is (created_at, event_id), chosen by the logger; LiteLLM's
+call id is what the client saw (x-litellm-call-id) and a caller may reuse it. join-check reports
+`duplicate_call_ids` (rows of the run minus distinct call ids) as information: calls sharing a
+call id each still have their own request/response pair, so they do not lower `integrity_pct`.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 REQUESTS_HEAD = text("""
-SELECT q.id, q.call_id, q.created_at, q.logged_at, q.model, q.call_type, q.stream,
+SELECT q.id, q.event_id, q.call_id, q.created_at, q.logged_at, q.model, q.call_type, q.stream,
        left(q.api_key_hash, 12) AS api_key_hash12, q.end_user, q.tags,
        octet_length(q.payload::text) AS payload_bytes
 FROM requests q
@@ -35,12 +40,25 @@ RESPONSES_TOTALS = text("""
 SELECT count(*) AS responses,
        count(*) FILTER (WHERE r.status = 'success') AS success,
        count(*) FILTER (WHERE r.status = 'failure') AS failure,
+       count(*) FILTER (WHERE r.status = 'client_disconnected') AS client_disconnected,
+       count(*) FILTER (WHERE r.status NOT IN ('success', 'failure', 'client_disconnected')) AS other_status,
        coalesce(sum(r.prompt_tokens), 0) AS prompt_tokens,
        coalesce(sum(r.completion_tokens), 0) AS completion_tokens,
        coalesce(sum(r.total_tokens), 0) AS total_tokens,
        coalesce(sum(r.cost_usd), 0) AS cost_usd
 FROM responses r JOIN requests q ON q.id = r.request_id
 WHERE q.tags @> jsonb_build_array(CAST(:tag AS text))
+""")
+
+# Every status that occurs in the run, with its tokens and cost: a verdict must not count a
+# client_disconnected answer (or any status it does not know) as a clean success.
+RESPONSES_BY_STATUS = text("""
+SELECT r.status, count(*) AS responses, coalesce(sum(r.total_tokens), 0) AS total_tokens,
+       coalesce(sum(r.cost_usd), 0) AS cost_usd
+FROM responses r JOIN requests q ON q.id = r.request_id
+WHERE q.tags @> jsonb_build_array(CAST(:tag AS text))
+GROUP BY r.status
+ORDER BY r.status
 """)
 
 JOIN_CHECK = text("""
@@ -83,7 +101,10 @@ def requests_head(conn: Connection, tag: str, limit: int) -> dict[str, Any]:
 def responses_head(conn: Connection, tag: str, limit: int) -> dict[str, Any]:
     cols, rows = _rows(conn, RESPONSES_HEAD, tag=tag, limit=limit)
     totals = dict(conn.execute(RESPONSES_TOTALS, {"tag": tag}).mappings().one())
-    return {"tag": tag, "columns": cols, "rows": rows, "count": totals["responses"], "totals": totals}
+    by_status = {r["status"]: {k: r[k] for k in ("responses", "total_tokens", "cost_usd")}
+                 for r in conn.execute(RESPONSES_BY_STATUS, {"tag": tag}).mappings()}
+    return {"tag": tag, "columns": cols, "rows": rows, "count": totals["responses"], "totals": totals,
+            "by_status": by_status}
 
 
 def join_check(conn: Connection, tag: str, expected: int | None) -> dict[str, Any]:

@@ -1,37 +1,68 @@
 """The schema: two tables, one row each per LiteLLM call. This docstring is the column reference.
 
-requests (11 columns) -- one row per LiteLLM call, written together with its response row
+requests (12 columns) -- one row per logged event (one per LiteLLM call), written together with
+its response row
   id            BIGINT identity, primary key
-  call_id       VARCHAR(64) UNIQUE NOT NULL -- LiteLLM's call id (kwargs["litellm_call_id"], the
-                x-litellm-call-id response header; standard_logging_object["id"] only as fallback,
-                since in 1.108.7 that is the provider's response id on success);
-                the dedupe key: a second delivery of the same call is counted, not inserted
-  created_at    TIMESTAMPTZ NOT NULL, indexed -- request start (startTime)
+  call_id       VARCHAR(256) NOT NULL, indexed, NOT unique -- LiteLLM's call id
+                (kwargs["litellm_call_id"], the x-litellm-call-id response header;
+                standard_logging_object["id"] only as fallback, since in 1.108.7 that is the
+                provider's response id on success). A caller may choose it (x-litellm-call-id,
+                up to 256 characters): searchable, never the dedupe key. Values that do not fit
+                or are not clean text are stored as `<head>~sha256:<hex>` (records.ident), so
+                two different call ids never become equal.
+  created_at    TIMESTAMPTZ NOT NULL, indexed -- the event time: request start (startTime), or
+                the hand-off time when LiteLLM gave none; fixed in the record at hand-off
   logged_at     TIMESTAMPTZ NOT NULL DEFAULT now() -- when the row was written;
                 logging delay = logged_at - responses.created_at
   model         VARCHAR(255) NOT NULL, indexed -- requested model group, '' when unknown
   call_type     VARCHAR(64) NOT NULL -- e.g. 'acompletion'
   stream        BOOLEAN NOT NULL
-  api_key_hash  VARCHAR(64) NOT NULL -- sha256 hex of the caller's key, never the key ('' if none)
+  api_key_hash  VARCHAR(80) NOT NULL -- 'h1:' + sha256('litellm_pglog/api_key_hash/v1:' + K), where
+                K is what LiteLLM reports as the key: sha256 hex of the key for keys custom_auth
+                accepted (records.stored_key_hash(key) gives the value), whatever the caller sent
+                for refused ones. Hashed unconditionally, never the key; '' if no key. Rows
+                written before 0002 held sha256(key) (or, the bug, a raw 64-hex key): 0002
+                re-hashed them with the same function, so old and new rows of a key agree.
   end_user      VARCHAR(255) NULL -- the request's `user`, if any
   tags          JSONB NOT NULL -- array, LiteLLM's request_tags (body `metadata.tags`), GIN-indexed
   payload       JSONB NOT NULL -- {"messages": ..., "model_parameters": ...}; larger than
                 PGLOG_MAX_PAYLOAD_BYTES -> {"_truncated": true, "original_bytes", "sha256", "head"}
+  event_id      UUID NOT NULL -- chosen by the logger when the callback hands the event off
+                (128 random bits), kept in the record so spool replays are idempotent;
+                rows from before revision 0002 got one derived from their then-unique call_id
+                (records.legacy_event_id)
+  UNIQUE (created_at, event_id) -- the dedupe key: a second delivery of the same record (a spool
+                replay after a crash between COMMIT and unlink) is counted, not inserted. It
+                carries the event time so it stays valid when the table is partitioned by time.
 
 responses (10 columns) -- exactly one per request row
   id                 BIGINT identity, primary key
   request_id         BIGINT NOT NULL UNIQUE, FK requests.id ON DELETE CASCADE, indexed
   created_at         TIMESTAMPTZ NOT NULL, indexed -- response end (endTime)
-  status             VARCHAR(16) NOT NULL -- 'success' | 'failure'
+  status             VARCHAR(32) NOT NULL -- 'success' | 'failure' | 'client_disconnected' (the
+                     caller hung up before its answer was complete: LiteLLM's own 499 on a stream,
+                     or the request guard saw it leave during a non-streaming call; never counted
+                     as a clean success)
   prompt_tokens      INTEGER NOT NULL
   completion_tokens  INTEGER NOT NULL
   total_tokens       INTEGER NOT NULL
-  cost_usd           NUMERIC(18, 10) NOT NULL -- LiteLLM's response_cost (0 on failure)
+  cost_usd           NUMERIC(18, 10) NOT NULL -- LiteLLM's response_cost (0 on failure). For
+                     client_disconnected: a stream cut short carries LiteLLM's estimate of what
+                     the provider billed (prompt counted by LiteLLM + the chunks received; the
+                     provider's usage report never arrived); a non-streaming call the provider's
+                     own usage (the provider finished the answer nobody received). Tokens alike.
   latency_ms         DOUBLE PRECISION NOT NULL -- endTime - startTime
   body               JSONB NOT NULL -- the response on success; {"error": {...error_information,
-                     "message": error_str}} on failure; truncated like payload
+                     "message": error_str}} on failure; for client_disconnected {"error": {...499},
+                     "response": what LiteLLM assembled (the partial stream / the undelivered
+                     answer), "delivery": {client_disconnected, disconnected_after_ms,
+                     response_started, response_status, response_complete, body_bytes_sent}};
+                     a call the guard refused: failure with error_code 401/403/400/413, and the
+                     request row's payload {"refused_request": {method, path, body_bytes,
+                     body_head}}; truncated like payload
 
-Text going into JSONB/VARCHAR has U+0000 replaced by the six characters `\\u0000` (PostgreSQL
+model, call_type and end_user are stored like call_id (verbatim, or `<head>~sha256:<hex>`).
+Text going into JSONB has U+0000 replaced by the six characters `\\u0000` (PostgreSQL
 rejects NUL in text and jsonb); see records.py.
 """
 
@@ -52,9 +83,10 @@ from sqlalchemy import (
     Integer,
     Numeric,
     String,
+    UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -66,7 +98,7 @@ class Request(Base):
     __tablename__ = "requests"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    call_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    call_id: Mapped[str] = mapped_column(String(256), nullable=False, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
     logged_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
@@ -74,14 +106,18 @@ class Request(Base):
     model: Mapped[str] = mapped_column(String(255), nullable=False, index=True)
     call_type: Mapped[str] = mapped_column(String(64), nullable=False)
     stream: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    api_key_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    api_key_hash: Mapped[str] = mapped_column(String(80), nullable=False)
     end_user: Mapped[str | None] = mapped_column(String(255), nullable=True)
     tags: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    event_id: Mapped[str] = mapped_column(UUID(as_uuid=False), nullable=False)
 
     response: Mapped["Response | None"] = relationship(back_populates="request", passive_deletes=True)
 
-    __table_args__ = (Index("ix_requests_tags", "tags", postgresql_using="gin"),)
+    __table_args__ = (
+        Index("ix_requests_tags", "tags", postgresql_using="gin"),
+        UniqueConstraint("created_at", "event_id", name="uq_requests_created_at_event_id"),
+    )
 
 
 class Response(Base):
@@ -96,7 +132,7 @@ class Response(Base):
         nullable=False,
     )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(32), nullable=False)
     prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     total_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -108,7 +144,7 @@ class Response(Base):
 
 
 REQUEST_COLUMNS = (
-    "call_id", "created_at", "model", "call_type", "stream",
+    "event_id", "call_id", "created_at", "model", "call_type", "stream",
     "api_key_hash", "end_user", "tags", "payload",
 )
 RESPONSE_COLUMNS = (

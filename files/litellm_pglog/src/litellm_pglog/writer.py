@@ -2,8 +2,8 @@
 
 Flow: callback -> submit() (SimpleQueue.put, no I/O) -> collector thread takes a batch (at most
 PGLOG_BATCH_SIZE records, at most PGLOG_FLUSH_MS after the first one) and prepare()s each record
--> small queue -> inserter thread (the only one touching DB and spool) -> one transaction: multi-row INSERT INTO requests ... ON CONFLICT (call_id) DO NOTHING
-RETURNING id, call_id, then the matching responses rows -> COMMIT.
+-> small queue -> inserter thread (the only one touching DB and spool) -> one transaction: multi-row INSERT INTO requests ... ON CONFLICT (created_at, event_id) DO NOTHING
+RETURNING id, event_id, then the matching responses rows -> COMMIT.
 
 Database unreachable (connection-level errors): the batch is retried twice quickly, then written
 to the on-disk spool and the writer goes offline: later batches go straight to the spool, and
@@ -12,9 +12,10 @@ succeeds the writer is online again. At start the spool left by earlier runs (an
 replayed first.
 
 Decisions (also in docs/FINDINGS.md):
-- Duplicates (same call_id twice, e.g. LiteLLM delivering twice or a replay after a crash
-  between COMMIT and unlink): the first row wins, nothing is overwritten; each duplicate is
-  counted (`duplicates`) and logged as `event=duplicate` WARNING with its call_id.
+- Duplicates (the same record twice: same (created_at, event_id), chosen at hand-off, e.g. a
+  replay after a crash between COMMIT and unlink): the first row wins, nothing is overwritten;
+  each duplicate is counted (`duplicates`) and logged as `event=duplicate` WARNING with its
+  event id. Two calls with the same LiteLLM call id are two events: both are stored.
 - Rows PostgreSQL rejects as data (not connectivity): the batch is bisected down to the bad
   records; those go to spool/rejected-<pid>.jsonl with the error, counted as `failed`, ERROR log.
 - Spool full (PGLOG_SPOOL_MAX_MB): batches are kept in memory (counter `spool_full`, ERROR
@@ -52,10 +53,10 @@ from .spool import Spool, SpoolFull
 COUNTERS = ("enqueued", "written", "spooled", "replayed", "failed", "duplicates", "dropped", "spool_full")
 
 _REQ_SQL = (
-    "INSERT INTO requests (call_id, created_at, model, call_type, stream, api_key_hash, end_user, tags, payload)"
-    " VALUES %s ON CONFLICT (call_id) DO NOTHING RETURNING id, call_id"
+    "INSERT INTO requests (event_id, call_id, created_at, model, call_type, stream, api_key_hash, end_user, tags,"
+    " payload) VALUES %s ON CONFLICT (created_at, event_id) DO NOTHING RETURNING id, event_id::text"
 )
-_REQ_TPL = "(%s, to_timestamp(%s), %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)"
+_REQ_TPL = "(%s::uuid, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)"
 _RESP_SQL = (
     "INSERT INTO responses (request_id, created_at, status, prompt_tokens, completion_tokens, total_tokens,"
     " cost_usd, latency_ms, body) VALUES %s ON CONFLICT (request_id) DO NOTHING"
@@ -69,24 +70,25 @@ _STOP = object()
 
 
 def insert_batch(engine: Engine, rows: list[dict[str, Any]]) -> tuple[int, list[str]]:
-    """Insert prepared rows in ONE transaction. Returns (rows written, duplicate call ids)."""
+    """Insert prepared rows in ONE transaction. Returns (rows written, duplicate event ids)."""
+    rows = [records.upgrade(r) for r in rows]  # spool lines of an older release
     conn = engine.raw_connection()
     try:
         cur = conn.cursor()
         returned = psycopg2.extras.execute_values(
             cur, _REQ_SQL,
-            [(r["call_id"], r["created_at"], r["model"], r["call_type"], r["stream"], r["api_key_hash"],
+            [(r["event_id"], r["call_id"], r["created_at"], r["model"], r["call_type"], r["stream"], r["api_key_hash"],
               r["end_user"], r["tags"], r["payload"]) for r in rows],
             template=_REQ_TPL, page_size=len(rows), fetch=True,
         )
-        ids = {call_id: rid for rid, call_id in returned}
+        ids = {event_id: rid for rid, event_id in returned}
         resp, dups, seen = [], [], set()
         for r in rows:
-            rid = ids.get(r["call_id"])
-            if rid is None or r["call_id"] in seen:
-                dups.append(r["call_id"])
+            rid = ids.get(r["event_id"])
+            if rid is None or r["event_id"] in seen:
+                dups.append(r["event_id"])
                 continue
-            seen.add(r["call_id"])
+            seen.add(r["event_id"])
             resp.append((rid, r["ended_at"], r["status"], r["prompt_tokens"], r["completion_tokens"],
                          r["total_tokens"], r["cost_usd"], r["latency_ms"], r["body"]))
         if resp:
@@ -300,8 +302,8 @@ class Writer:
         self.counters[counter] += written
         if dups:
             self.counters["duplicates"] += len(dups)
-            for call_id in dups[:20]:
-                emit("duplicate", logging.WARNING, call_id=call_id, source=counter,
+            for event_id in dups[:20]:
+                emit("duplicate", logging.WARNING, event_id=event_id, source=counter,
                      action="kept the first row, ignored this delivery")
             if len(dups) > 20:
                 emit("duplicate", logging.WARNING, more=len(dups) - 20, source=counter)
