@@ -10,7 +10,8 @@ pace). Each call carries the run tag (`metadata.tags: ["run:<tag>"]`) and a uniq
 --mix cycles through kinds of call; besides `ok` there are deliberately bad ones (drill 7):
 
   ok             a normal chat completion                      -> 200
-  big            ok with a prompt of --big-bytes (1 MB)         -> 200
+  big            ok with a prompt of --big-bytes (900 KiB)      -> 200
+  oversize       a body over the gateway's limit (2 MiB)        -> 413
   nul            ok with NUL characters in the prompt           -> 200
   malformed      body that is not JSON                          -> 400
   nokey          no Authorization header                        -> 401
@@ -34,7 +35,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-KINDS = ("ok", "big", "nul", "malformed", "nokey", "wrongkey", "unknown_model")
+KINDS = ("ok", "big", "oversize", "nul", "malformed", "nokey", "wrongkey", "unknown_model")
 
 
 def build(kind: str, i: int, args: argparse.Namespace, key: str) -> tuple[bytes, dict[str, str]]:
@@ -45,6 +46,8 @@ def build(kind: str, i: int, args: argparse.Namespace, key: str) -> tuple[bytes,
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     if kind == "big":
         prompt += " " + "y" * args.big_bytes
+    elif kind == "oversize":
+        prompt += " " + "z" * (2 * 1024 * 1024)
     elif kind == "nul":
         prompt += " with NUL \u0000 inside \u0000."
     elif kind == "nokey":
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=30.0, help="per call, seconds")
     p.add_argument("--mix", default="ok", help="comma-separated kinds, cycled: " + ",".join(KINDS))
     p.add_argument("--prompt-bytes", type=int, default=0, help="pad every prompt to this size")
-    p.add_argument("--big-bytes", type=int, default=1024 * 1024)
+    # under the gateway's body limit (litellm_gateway_max_body_bytes, 1 MiB) with the JSON around it
+    p.add_argument("--big-bytes", type=int, default=900 * 1024)
     p.add_argument("--stop-file", help="stop early once this file exists (checked before each call)")
     args = p.parse_args(argv)
     kinds = [k.strip() for k in args.mix.split(",") if k.strip()]

@@ -5,8 +5,9 @@ record per line. Written to a dot-temp file, fsync'd, renamed, directory fsync'd
 either complete or absent. Names sort by creation time across processes, so several workers can
 share one directory and replay stays in order. A replaying process takes an exclusive,
 non-blocking flock on a segment; a segment locked by another process is skipped (that process
-is replaying it). Inserts are idempotent (ON CONFLICT (call_id) DO NOTHING), so a crash between
-COMMIT and unlink only re-delivers rows that are then counted as duplicates.
+is replaying it). Inserts are idempotent (ON CONFLICT (created_at, event_id) DO NOTHING, the
+key the logger gave the record at hand-off), so a crash between COMMIT and unlink only
+re-delivers rows that are then counted as duplicates.
 
 Rejected records (PostgreSQL refused them as data) go to `rejected-<pid>.jsonl`, never
 replayed automatically, never deleted.
