@@ -50,9 +50,10 @@ venvs: ## .venv (toolchain) and .venv-dev (logging package, editable) from the h
 image: ## the test image (scripts/build-image.sh; built once per content hash)
 	scripts/build-image.sh
 
-lint: ## yamllint + ansible-lint (production profile)
+lint: ## yamllint + ansible-lint (production profile) + promtool check/test of the alert rules
 	yamllint --strict .
 	ansible-lint --profile production
+	scripts/check-alert-rules.py
 
 unit: ## host-side tests of the logging package and the validate scripts (tests/)
 	$(VENV_DEV)/bin/pytest
