@@ -44,6 +44,9 @@ from sqlalchemy import Engine
 
 from . import records
 from .config import Settings
+from .dberrors import CONNECTION_ERRORS as _CONN_ERRORS
+from .dberrors import is_connection_error as _is_conn_error
+from .dberrors import short as _short
 from .engine import PoolStats, make_engine
 from .events import emit
 from .schema import SchemaMismatch, check_revision
@@ -62,7 +65,6 @@ _RESP_SQL = (
 )
 _RESP_TPL = "(%s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s::jsonb)"
 
-_CONN_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 _RETRY_DELAYS = (0.1, 0.3)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 10.0
 _STOP = object()
@@ -439,18 +441,3 @@ def _drain(q: Any) -> list[Any]:
             return items
         if item is not _STOP:
             items.append(item)
-
-
-def _is_conn_error(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None)
-    if isinstance(exc, _CONN_ERRORS) or isinstance(orig, _CONN_ERRORS):
-        return True
-    if getattr(exc, "connection_invalidated", False):
-        return True
-    return False
-
-
-def _short(exc: BaseException) -> str:
-    return f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
-
-
