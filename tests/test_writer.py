@@ -259,3 +259,58 @@ def test_two_writers_share_one_spool_without_double_replay(writer_env, clean_db)
     assert rows(clean_db) == 200 and responses(clean_db) == 200
     assert w1.counters["replayed"] + w2.counters["replayed"] == 200
     assert w1.counters["duplicates"] + w2.counters["duplicates"] == 0
+
+
+def test_unreachable_during_schema_check_starts_offline_not_refused(writer_env, monkeypatch, clean_db):
+    """check_revision reporting DatabaseUnreachable (connection lost under the check) is an
+    outage: the writer starts offline and catches up, it does not refuse to start."""
+    from litellm_pglog import writer as writer_module
+    from litellm_pglog.schema import DatabaseUnreachable, check_revision
+
+    calls = []
+
+    def flaky(conn):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise DatabaseUnreachable("database unreachable while checking the schema revision: test")
+        return check_revision(conn)
+
+    monkeypatch.setattr(writer_module, "check_revision", flaky)
+    w = Writer(Settings.from_env())
+    w.start()
+    try:
+        assert w._online is False
+        submit(w, [make_slo(i) for i in range(5)])
+        assert wait_until(lambda: w.counters["replayed"] == 5, 20)
+    finally:
+        w.stop(timeout=5)
+    assert rows(clean_db) == 5 and w._online is True
+
+
+def test_nan_cost_is_stored_as_before(writer, clean_db):
+    """JSON has no NaN: the batch spells it out so PostgreSQL's numeric stores NaN as it did."""
+    s = make_slo(1, response_cost=float("nan"))
+    submit(writer, [s])
+    assert wait_until(lambda: writer.counters["written"] + writer.counters["failed"] == 1)
+    assert writer.counters["written"] == 1
+    assert query(clean_db, "SELECT r.cost_usd::text FROM responses r") == [("NaN",)]
+
+
+def test_records_held_in_memory_at_exit_are_counted_as_dropped(writer_env, monkeypatch, clean_db):
+    monkeypatch.setenv("PGLOG_SPOOL_MAX_MB", "1")
+    monkeypatch.setenv("PGLOG_MEMORY_MAX_RECORDS", "150")
+    monkeypatch.setenv("PGLOG_BATCH_SIZE", "50")
+    w = Writer(Settings.from_env())
+    w.start()
+    clean_db.stop()
+    try:
+        submit(w, [make_slo(i, content="y" * 6000) for i in range(300)])
+        assert wait_until(lambda: w.counters["spooled"] + w.counters["spool_full"] + w.counters["dropped"] == 300, 30)
+        held = w.outbox.memory_records
+        assert held > 0
+        dropped_before = w.counters["dropped"]
+        w.stop(timeout=1)
+    finally:
+        clean_db.start()
+    assert w.counters["dropped"] == dropped_before + held
+    assert w.counters["spooled"] + w.counters["dropped"] == 300  # every record accounted for
