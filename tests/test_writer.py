@@ -314,3 +314,23 @@ def test_records_held_in_memory_at_exit_are_counted_as_dropped(writer_env, monke
         clean_db.start()
     assert w.counters["dropped"] == dropped_before + held
     assert w.counters["spooled"] + w.counters["dropped"] == 300  # every record accounted for
+
+
+def test_unexpected_error_in_the_delivery_thread_keeps_the_rows_and_the_thread(writer, clean_db, monkeypatch):
+    """A bug anywhere in a delivery step must not end the thread or lose the batch in hand."""
+    real = writer.delivery.deliver
+    calls = []
+
+    def broken_once(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(rows)
+
+    monkeypatch.setattr(writer.delivery, "deliver", broken_once)
+    submit(writer, [make_slo(i) for i in range(7)])
+    assert wait_until(lambda: writer.counters["spooled"] == 7, 10)
+    assert wait_until(lambda: writer.counters["replayed"] == 7, 20)  # after the backoff, from the spool
+    submit(writer, [make_slo(i) for i in range(7, 10)])
+    assert wait_until(lambda: writer.counters["written"] == 3, 10)  # the thread is still alive
+    assert rows(clean_db) == 10

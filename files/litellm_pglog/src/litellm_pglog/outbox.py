@@ -85,8 +85,8 @@ class Outbox:
             with self.spool.claim(name) as rows:
                 if rows is None:  # another process holds it, or it is gone
                     continue
-                yield Pending(rows, lambda name=name: self.spool.remove(name),
-                              lambda rest, name=name: self.spool.rewrite(name, rest))
+                yield Pending(rows, lambda name=name: self._remove_segment(name),
+                              lambda rest, name=name: self._rewrite_segment(name, rest))
         while self._memory:
             yield Pending(self._memory[0], self._forget_first, self._shrink_first)
 
@@ -96,6 +96,18 @@ class Outbox:
         self._memory.clear()
         self.memory_records = 0
         return batches
+
+    def _remove_segment(self, name: str) -> None:
+        try:
+            self.spool.remove(name)
+        except OSError as exc:  # it stays: its rows come back as duplicates, nothing is lost
+            emit("spool_remove_failed", logging.ERROR, segment=name, error=str(exc))
+
+    def _rewrite_segment(self, name: str, rest: list[Row]) -> None:
+        try:
+            self.spool.rewrite(name, rest)
+        except OSError as exc:  # kept whole: the delivered part comes back as duplicates
+            emit("spool_rewrite_failed", logging.WARNING, segment=name, error=str(exc))
 
     def _forget_first(self) -> None:
         self.memory_records -= len(self._memory.popleft())

@@ -174,7 +174,7 @@ class Writer:
     # ---- delivery thread: the only one that touches the database and the spool ------------------
     def _deliver_loop(self) -> None:
         if self._online:
-            self._replay()
+            self._guarded(self._replay)
         while True:
             wait = min(self.settings.stats_interval_s, BACKOFF_MAX_S if self._online else self._backoff)
             try:
@@ -182,18 +182,30 @@ class Writer:
             except queue.Empty:
                 rows = None
             if rows is _STOP:
-                self._drain()
+                self._guarded(self._drain)
                 return
             if rows:
                 if not self._online or (self._stopping.is_set() and time.monotonic() >= self._deadline):
-                    self.outbox.keep(rows)
+                    self._guarded(self.outbox.keep, rows)
                 else:
-                    self._deliver(rows)
+                    self._guarded(self._deliver, rows)
             now = time.monotonic()
             if not self._online and now >= self._next_probe and not self._stopping.is_set():
-                self._replay()
+                self._guarded(self._replay)
             if now - self._last_stats >= self.settings.stats_interval_s:
                 self.log_stats()
+
+    def _guarded(self, step: Any, rows: list[dict[str, Any]] | None = None) -> None:
+        """Run one step of the delivery thread; an unexpected error (a bug, a full disk in an
+        odd place) must not end the thread silently: log it, keep the rows in hand in the
+        outbox, go offline so the backlog is retried after the backoff."""
+        try:
+            step() if rows is None else step(rows)
+        except Exception as exc:
+            emit("writer_error", logging.ERROR, step=getattr(step, "__name__", str(step)), error=short(exc))
+            if rows:
+                self.outbox.keep(rows)
+            self._go_offline(exc)
 
     def _deliver(self, rows: list[dict[str, Any]]) -> None:
         outcome = self.delivery.deliver(rows)
@@ -218,14 +230,18 @@ class Writer:
                 raise
             self._go_offline(exc)
             return False
-        for pending in self.outbox.backlog():
-            outcome = self.delivery.deliver(pending.rows)
-            self._account(outcome, "replayed")
-            if outcome.undelivered:
-                pending.keep(outcome.undelivered)
-                self._go_offline(outcome.error)
-                return False
-            pending.done()
+        backlog = self.outbox.backlog()
+        try:
+            for pending in backlog:
+                outcome = self.delivery.deliver(pending.rows)
+                self._account(outcome, "replayed")
+                if outcome.undelivered:
+                    pending.keep(outcome.undelivered)
+                    self._go_offline(outcome.error)
+                    return False
+                pending.done()
+        finally:
+            backlog.close()  # releases the lock of a segment we stopped in
         if not self._online:
             emit("db_online", replayed=self.counters["replayed"])
         self._online = True
