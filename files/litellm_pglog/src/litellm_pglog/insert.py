@@ -4,7 +4,7 @@ Rendered for today's schema, the statement reads (it is built from models.py, so
 the columns; `print(insert.STATEMENT)` shows the real one):
 
     WITH batch AS (                -- the whole batch is ONE parameter: a JSON array of rows
-        SELECT * FROM json_to_recordset(%s::json)
+        SELECT * FROM jsonb_to_recordset(%s::jsonb)
                    AS b(call_id text, created_at float8, ..., ended_at float8, ..., body jsonb)),
     req AS (
         INSERT INTO requests (call_id, created_at, ...)
@@ -24,6 +24,8 @@ Why this shape (measured with bench/writer_throughput.py; numbers in the notes o
   row by row in Python: about 5x less Python CPU per row, and this Python runs in the proxy's
   process, where it competes with the event loop for the GIL. Payload, tags and body are JSON
   text already and are embedded as they are (orjson.Fragment), not escaped a second time;
+- jsonb_to_recordset, not json_to_recordset: the document is parsed once, and payload/body
+  come out of it as jsonb without a second parse (~10 % less server CPU per row);
 - the statement runs in autocommit (it is atomic by itself): no BEGIN/COMMIT round trips;
 - ON CONFLICT keeps replays idempotent; no staging table, because the writer role has no
   TEMPORARY privilege on the database (and no DDL).
@@ -84,7 +86,7 @@ def _build() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     recordset = ", ".join(f"{name} {_sql_type(col)}" for name, col in fields.items())
     key = DEDUPE_KEY
     statement = (
-        f"WITH batch AS (SELECT * FROM json_to_recordset(%s::json) AS b({recordset})),"
+        f"WITH batch AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS b({recordset})),"
         f" req AS (INSERT INTO requests ({', '.join(REQUEST_COLUMNS)})"
         f" SELECT {', '.join(_value(c, c.name) for c in req_cols)} FROM batch"
         f" ON CONFLICT ({key}) DO NOTHING RETURNING id, {key}),"
