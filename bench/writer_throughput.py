@@ -1,7 +1,7 @@
 """Writer throughput vs a raw COPY of the same rows, same run, same database.
 
 writer: N raw records submitted at once -> all committed (includes prepare/serialisation in the
-writer thread, execute_values, RETURNING, one transaction per PGLOG_BATCH_SIZE batch).
+writer thread and one statement -- both tables, ON CONFLICT -- per PGLOG_BATCH_SIZE batch).
 copy:   the same N records turned into rows (records.prepare: the JSON serialisation any loader
         needs) and CSV, COPY'd straight into requests and responses in one transaction, all timed.
 copy_preserialized: the same COPY with serialisation done before the clock starts (database

@@ -71,12 +71,16 @@ class Outbox:
         emit("dropped", logging.ERROR, count=len(keys), total_dropped=total, reason=reason,
              call_ids=[str(k) for k in keys[:50]])
 
-    def reject(self, rejected: list[tuple[Row, str]]) -> None:
+    def reject(self, rejected: list[tuple[Row, str]]) -> int:
+        """Keep refused rows in the rejected file; returns how many it took (the rest: dropped)."""
+        kept = 0
         for row, error in rejected:
             try:
                 self.spool.reject([row], error)
+                kept += 1
             except OSError as exc:  # nowhere left to keep it: give it up, loudly
                 self.drop([row.get(DEDUPE_KEY)], f"refused by the database ({error}); rejected file unwritable: {exc}")
+        return kept
 
     def backlog(self) -> Iterator[Pending]:
         """Spool segments (ours and other processes'), then memory. Stop iterating to stop

@@ -1,11 +1,12 @@
-"""The writer: two threads wiring the batcher, the delivery policy and the outbox together.
+"""The writer: one thread wiring the batcher, the delivery policy and the outbox together.
 
-    callback --submit()--> Batcher --collector thread: records.prepare()--> prepared batches
-        --delivery thread--> Delivery.deliver() (insert.py: one statement per batch)
-                             `-- database away -> Outbox.keep() (spool, memory, drops)
+    callback --submit()--> Batcher --writer thread: next_batch(), records.prepare()-->
+        Delivery.deliver() (insert.py: one statement per batch)
+        `-- database away -> Outbox.keep() (spool, memory, drops)
 
-Two threads so that preparing (serialising) batch k+1 overlaps with the database writing
-batch k; only the delivery thread talks to the database and the spool.
+One thread, not a collector plus an inserter: on two cores with the database beside it the
+pipelining bought no throughput (bench/writer_throughput.py, same ratio), and every hand-off
+between two threads is one more GIL switch taken from the proxy's event loop.
 
 Online/offline: a batch the database could not take (after the delivery policy's retries) is
 kept in the outbox and the writer goes offline: later batches go straight to the outbox, and
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from typing import Any
@@ -53,7 +53,6 @@ from .spool import Spool
 from .stats import COUNTERS, write_stats_file
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
-_STOP = object()  # collector -> delivery thread: no more batches
 _LOGGED_KEYS = 20  # duplicates logged by key per batch; the rest as a number
 
 
@@ -61,15 +60,14 @@ class Writer:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.pool_stats = PoolStats()
-        self.engine = engine or make_engine(settings, self.pool_stats)
+        self.engine = engine or make_engine(settings, self.pool_stats, pre_ping=False)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.spool = Spool(settings.spool_dir, settings.spool_max_mb)
         self.outbox = Outbox(self.spool, settings.memory_max_records, self.counters)
         self.delivery = Delivery(lambda rows: insert_batch(self.engine, rows))
+        # A slow database makes the thread take batches more slowly: the backlog waits in the
+        # batcher, bounded by memory_max_records.
         self.batcher = Batcher(settings.batch_size, settings.flush_ms / 1000.0, settings.memory_max_records)
-        # collector -> delivery thread: prepared batches. Small, so a slow database pushes back
-        # on the collector and the backlog stays in the batcher (bounded by memory_max_records).
-        self._prepared: "queue.Queue[Any]" = queue.Queue(maxsize=4)
         self._online = False
         self._backoff = BACKOFF_MIN_S
         self._next_probe = 0.0
@@ -77,7 +75,7 @@ class Writer:
         self._deadline = float("inf")  # of the shutdown drain
         self._stopped = False
         self._lock = threading.Lock()  # the synchronous spool path after stop()
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._last_stats = time.monotonic()
 
     # ---- producer side (event loop): no I/O, no serialisation ------------------------------
@@ -98,7 +96,7 @@ class Writer:
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Check the schema (refuse to start on a mismatch; start offline if the database is
-        away), then start the threads."""
+        away), then start the thread."""
         self.spool.ensure()
         os.makedirs(self.settings.state_dir, exist_ok=True)
         try:
@@ -113,12 +111,8 @@ class Writer:
             if not is_connection_error(exc):
                 raise
             emit("writer_start", logging.WARNING, online=False, reason=short(exc))
-        self._threads = [
-            threading.Thread(target=self._collect_loop, name="litellm-pglog-collect", daemon=True),
-            threading.Thread(target=self._deliver_loop, name="litellm-pglog-deliver", daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
+        self._thread = threading.Thread(target=self._run, name="litellm-pglog-writer", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain to the database within the deadline, the rest to the spool. Idempotent."""
@@ -128,40 +122,17 @@ class Writer:
         self._deadline = time.monotonic() + timeout
         self._stopping.set()
         self.batcher.close()
-        end = time.monotonic() + timeout + self.settings.connect_timeout_s + 5
-        for t in self._threads:
-            t.join(max(0.0, end - time.monotonic()))
+        if self._thread is not None:
+            self._thread.join(timeout + self.settings.connect_timeout_s + 5)
         with self._lock:
             self._stopped = True
-            # only if a thread hung (or records came in while it finished): spool what is left
-            leftovers = [self._prepare(raw) for raw in self.batcher.drain()]
-            while True:
-                try:
-                    item = self._prepared.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not _STOP:
-                    leftovers.extend(item)
-            self.outbox.keep(leftovers)
+            # only if the thread hung (or records came in while it finished): spool what is left
+            self.outbox.keep([self._prepare(raw) for raw in self.batcher.drain()])
             # the process is about to exit: batches the full spool left in memory die with it
             for rows in self.outbox.held_in_memory():
                 self.outbox.drop([r.get(DEDUPE_KEY) for r in rows], "process exiting with the spool full")
         self.write_stats()
         emit("shutdown", counters=dict(self.counters), spool_segments=len(self.spool.segments()))
-
-    # ---- collector thread: records -> prepared batches -----------------------------------------
-    def _collect_loop(self) -> None:
-        size = self.settings.batch_size
-        while True:
-            batch, closed = self.batcher.next_batch()
-            if batch:
-                self._prepared.put([self._prepare(raw) for raw in batch])
-            if closed:
-                rest = self.batcher.drain()
-                for i in range(0, len(rest), size):
-                    self._prepared.put([self._prepare(raw) for raw in rest[i:i + size]])
-                self._prepared.put(_STOP)
-                return
 
     def _prepare(self, raw: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -171,24 +142,25 @@ class Writer:
             return records.prepare({k: raw.get(k) for k in ("id", "startTime", "endTime", "status")},
                                    self.settings.max_payload_bytes)
 
-    # ---- delivery thread: the only one that touches the database and the spool ------------------
-    def _deliver_loop(self) -> None:
+    # ---- the writer thread: the only one that touches the database and the spool --------------
+    def _run(self) -> None:
         if self._online:
             self._guarded(self._replay)
         while True:
             wait = min(self.settings.stats_interval_s, BACKOFF_MAX_S if self._online else self._backoff)
-            try:
-                rows = self._prepared.get(timeout=wait)
-            except queue.Empty:
-                rows = None
-            if rows is _STOP:
-                self._guarded(self._drain)
-                return
-            if rows:
+            batch, closed = self.batcher.next_batch(idle_s=wait)
+            if closed:  # stop(): everything still queued, then the shutdown drain
+                batch += self.batcher.drain()
+            size = self.settings.batch_size
+            for i in range(0, len(batch), size):
+                rows = [self._prepare(raw) for raw in batch[i:i + size]]
                 if not self._online or (self._stopping.is_set() and time.monotonic() >= self._deadline):
                     self._guarded(self.outbox.keep, rows)
                 else:
                     self._guarded(self._deliver, rows)
+            if closed:
+                self._guarded(self._drain)
+                return
             now = time.monotonic()
             if not self._online and now >= self._next_probe and not self._stopping.is_set():
                 self._guarded(self._replay)
@@ -196,7 +168,7 @@ class Writer:
                 self.log_stats()
 
     def _guarded(self, step: Any, rows: list[dict[str, Any]] | None = None) -> None:
-        """Run one step of the delivery thread; an unexpected error (a bug, a full disk in an
+        """Run one step of the writer thread; an unexpected error (a bug, a full disk in an
         odd place) must not end the thread silently: log it, keep the rows in hand in the
         outbox, go offline so the backlog is retried after the backoff."""
         try:
@@ -249,7 +221,7 @@ class Writer:
         return True
 
     def _drain(self) -> None:
-        """Shutdown, after the last prepared batch: if offline, one last replay within the
+        """Shutdown, after the last queued batch: if offline, one last replay within the
         deadline; then the batches held in memory go to the database or the spool."""
         if not self._online and time.monotonic() < self._deadline:
             self._replay()
@@ -270,11 +242,11 @@ class Writer:
             if len(outcome.duplicates) > _LOGGED_KEYS:
                 emit("duplicate", logging.WARNING, more=len(outcome.duplicates) - _LOGGED_KEYS, source=source)
         if outcome.rejected:
-            self.counters["failed"] += len(outcome.rejected)
+            kept = self.outbox.reject(outcome.rejected)  # kept first, counted after: no count runs ahead
             kept_in = os.path.join(self.spool.directory, f"rejected-{os.getpid()}.jsonl")
             for row, error in outcome.rejected:
                 emit("rejected", logging.ERROR, call_id=row.get(DEDUPE_KEY), error=error, kept_in=kept_in)
-            self.outbox.reject(outcome.rejected)
+            self.counters["failed"] += kept
 
     def _go_offline(self, exc: BaseException | None) -> None:
         if self._online:
