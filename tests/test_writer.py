@@ -334,3 +334,17 @@ def test_unexpected_error_in_the_delivery_thread_keeps_the_rows_and_the_thread(w
     submit(writer, [make_slo(i) for i in range(7, 10)])
     assert wait_until(lambda: writer.counters["written"] == 3, 10)  # the thread is still alive
     assert rows(clean_db) == 10
+
+
+def test_restart_between_batches_costs_a_retry_not_the_spool(writer, clean_db):
+    """The writer's pool does not ping before each batch: a connection the server closed (here:
+    a restart while the writer was idle) fails the first attempt, and the delivery policy's
+    retry gets a fresh connection from the pool."""
+    submit(writer, [make_slo(i) for i in range(5)])
+    assert wait_until(lambda: writer.counters["written"] == 5)
+    clean_db.stop()
+    clean_db.start()
+    submit(writer, [make_slo(i) for i in range(5, 10)])
+    assert wait_until(lambda: writer.counters["written"] == 10, 20)
+    assert writer.counters["spooled"] == 0 and writer._online is True
+    assert writer.pool_stats.invalidated >= 1  # the dead connection was thrown away, not reused
