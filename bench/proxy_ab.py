@@ -9,8 +9,9 @@ Both run at the same time against the same stub; C client threads each alternate
 (order flipped every call). Visibility: a poller reads new request rows every 10 ms; the delay
 is first-seen minus the moment the client had the response (matched by x-litellm-call-id).
 CPU: each proxy process's CPU time (all threads, /proc/<pid>/stat) and context switches from
-the start of the load until every row is visible, per call: unlike latency at saturation this
-does not move much with other load on the machine, so it is the figure to compare on a busy host.
+the start of the load until every row is visible, per call, and the logger's own thread CPU per
+call (writer_thread_cpu_s of its stats file): unlike latency at saturation these do not move
+much with other load on the machine, so they are the figures to compare on a busy host.
 Targets: p50(A) - p50(B) <= 1 ms at saturation (4 clients on 2 cores), <= 0.5 ms at 1 client;
 visibility p99 <= 1000 ms. Prints JSON."""
 
@@ -45,6 +46,17 @@ def cpu_and_switches(pid: int) -> tuple[float, int]:
     return cpu, switches
 
 
+def writer_thread_cpu_s(proxy) -> float | None:
+    """The logger's own thread CPU so far: its stats file (rewritten every 5 s here, and at exit)."""
+    import glob
+
+    files = glob.glob(os.path.join(proxy.workdir, "state", "stats-*.json"))
+    if not files:
+        return None
+    with open(max(files, key=os.path.getmtime)) as fh:
+        return json.load(fh).get("writer_thread_cpu_s")
+
+
 def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[2]) if len(sys.argv) > 2 else 4,
          baseline=sys.argv[3] if len(sys.argv) > 3 else "none"):
     if baseline not in ("none", "null"):
@@ -54,6 +66,7 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
     tmp = tempfile.mkdtemp(prefix="pglog-ab-")
     a = Proxy(os.path.join(tmp, "a"), stub.port, cluster.env())
     b = Proxy(os.path.join(tmp, "b"), stub.port, cluster.env())
+    a.env["PGLOG_STATS_INTERVAL_S"] = "5"
     with open(b.config) as fh:
         cfg = fh.read()
     with open(b.config, "w") as fh:
@@ -101,6 +114,8 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
                      {"model": "gpt-stub", "messages": [{"role": "user", "content": "warm"}]}, TEAM_KEY)
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
+        time.sleep(5.5)  # a stats file written after the warm-up
+        writer_cpu0 = writer_thread_cpu_s(a)
         usage0 = {p: cpu_and_switches(p.proc.pid) for p in (a, b)}
         load0 = [round(x, 2) for x in os.getloadavg()]
         t0 = time.monotonic()
@@ -115,6 +130,9 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
             time.sleep(0.05)
         stop.set()
         usage = {p: [x1 - x0 for x0, x1 in zip(usage0[p], cpu_and_switches(p.proc.pid))] for p in (a, b)}
+        a.stop()  # its last stats file: written at exit
+        writer_cpu1 = writer_thread_cpu_s(a)
+        writer_cpu = (writer_cpu1 - writer_cpu0) if None not in (writer_cpu0, writer_cpu1) else None
         vis = [(seen[c] - r) * 1000 for c, r in received.items() if c in seen]
         missing = sum(1 for c in received if c not in seen)
         pa, pb = percentile(lat["a"], 50), percentile(lat["b"], 50)
@@ -129,6 +147,7 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
             "with_logger_cpu_ms_per_call": round(1000 * usage[a][0] / len(lat["a"]), 3),
             "without_logger_cpu_ms_per_call": round(1000 * usage[b][0] / len(lat["b"]), 3),
             "cpu_diff_ms_per_call": round(1000 * (usage[a][0] / len(lat["a"]) - usage[b][0] / len(lat["b"])), 3),
+            "writer_thread_cpu_ms_per_call": round(1000 * writer_cpu / len(lat["a"]), 3) if writer_cpu is not None else None,
             "with_logger_switches_per_call": round(usage[a][1] / len(lat["a"]), 2),
             "without_logger_switches_per_call": round(usage[b][1] / len(lat["b"]), 2),
             "with_logger_p99_ms": round(percentile(lat["a"], 99), 2),
@@ -140,7 +159,8 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
         stop.set()
         for p in (a, b):
             try:
-                p.stop()
+                if p.proc is not None and p.proc.poll() is None:
+                    p.stop()
             except Exception:
                 p.kill()
         stub.stop()

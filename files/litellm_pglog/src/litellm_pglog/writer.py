@@ -77,6 +77,7 @@ class Writer:
         self._lock = threading.Lock()  # the synchronous spool path after stop()
         self._thread: threading.Thread | None = None
         self._last_stats = time.monotonic()
+        self._thread_cpu_s = 0.0  # CPU the writer thread used: what logging costs this process
 
     # ---- producer side (event loop): no I/O, no serialisation ------------------------------
     def submit(self, raw: dict[str, Any]) -> None:
@@ -160,7 +161,9 @@ class Writer:
                     self._guarded(self._deliver, rows)
             if closed:
                 self._guarded(self._drain)
+                self._thread_cpu_s = time.thread_time()
                 return
+            self._thread_cpu_s = time.thread_time()
             now = time.monotonic()
             if not self._online and now >= self._next_probe and not self._stopping.is_set():
                 self._guarded(self._replay)
@@ -266,6 +269,7 @@ class Writer:
             "queue_depth": self.batcher.depth(),
             "memory_records": self.outbox.memory_records,
             "spool_segments": len(self.spool.segments()),
+            "writer_thread_cpu_s": round(self._thread_cpu_s, 3),
         }
 
     def log_stats(self) -> None:
