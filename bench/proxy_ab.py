@@ -4,7 +4,9 @@ response-to-row-visible latency under that load.
 A: `litellm` with callbacks: litellm_pglog.callback.proxy_handler_instance (+ custom_auth)
 B: the same config without the callback (custom_auth kept, so only the logger differs);
    with a third argument `null`, B has a callback that does nothing (bench/null_callback.py):
-   then the difference is litellm_pglog's own cost, without LiteLLM's cost of having a callback
+   then the difference is litellm_pglog's own cost, without LiteLLM's cost of having a callback;
+   a fourth argument `pipe` runs A with bench/pipe_writer_prototype.py (the writer in its own
+   process, a measurement prototype) instead of the package's callback
 Both run at the same time against the same stub; C client threads each alternate A and B
 (order flipped every call). Visibility: a poller reads new request rows every 10 ms; the delay
 is first-seen minus the moment the client had the response (matched by x-litellm-call-id).
@@ -58,22 +60,28 @@ def writer_thread_cpu_s(proxy) -> float | None:
 
 
 def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[2]) if len(sys.argv) > 2 else 4,
-         baseline=sys.argv[3] if len(sys.argv) > 3 else "none"):
-    if baseline not in ("none", "null"):
-        raise SystemExit("baseline must be none|null")
+         baseline=sys.argv[3] if len(sys.argv) > 3 else "none", logger=sys.argv[4] if len(sys.argv) > 4 else "pglog"):
+    if baseline not in ("none", "null") or logger not in ("pglog", "pipe"):
+        raise SystemExit("usage: proxy_ab.py [calls] [clients] [none|null] [pglog|pipe]")
+    here = os.path.dirname(os.path.abspath(__file__))
     cluster = migrated_cluster()
     stub = Stub()
     tmp = tempfile.mkdtemp(prefix="pglog-ab-")
     a = Proxy(os.path.join(tmp, "a"), stub.port, cluster.env())
     b = Proxy(os.path.join(tmp, "b"), stub.port, cluster.env())
     a.env["PGLOG_STATS_INTERVAL_S"] = "5"
+    if logger == "pipe":  # A runs bench/pipe_writer_prototype.py instead (a measurement prototype)
+        with open(a.config) as fh:
+            cfg = fh.read()
+        with open(a.config, "w") as fh:
+            fh.write(cfg.replace("litellm_pglog.callback.proxy_handler_instance", "pipe_writer_prototype.instance"))
+        a.env["PYTHONPATH"] = os.pathsep.join(p for p in (here, a.env.get("PYTHONPATH")) if p)
     with open(b.config) as fh:
         cfg = fh.read()
     with open(b.config, "w") as fh:
         replacement = "  callbacks: null_callback.instance\n" if baseline == "null" else ""
         fh.write(cfg.replace("  callbacks: litellm_pglog.callback.proxy_handler_instance\n", replacement))
     if baseline == "null":
-        here = os.path.dirname(os.path.abspath(__file__))
         b.env["PYTHONPATH"] = os.pathsep.join(p for p in (here, b.env.get("PYTHONPATH")) if p)
     seen: dict[str, float] = {}
     received: dict[str, float] = {}
@@ -131,13 +139,15 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
         stop.set()
         usage = {p: [x1 - x0 for x0, x1 in zip(usage0[p], cpu_and_switches(p.proc.pid))] for p in (a, b)}
         a.stop()  # its last stats file: written at exit
+        if logger == "pipe":
+            time.sleep(2)  # the prototype's writer process drains after the proxy is gone
         writer_cpu1 = writer_thread_cpu_s(a)
         writer_cpu = (writer_cpu1 - writer_cpu0) if None not in (writer_cpu0, writer_cpu1) else None
         vis = [(seen[c] - r) * 1000 for c, r in received.items() if c in seen]
         missing = sum(1 for c in received if c not in seen)
         pa, pb = percentile(lat["a"], 50), percentile(lat["b"], 50)
         print(json.dumps({
-            "bench": "proxy_ab", "baseline": baseline,
+            "bench": "proxy_ab", "logger": logger, "baseline": baseline,
             "load_avg_start": load0, "load_avg_end": [round(x, 2) for x in os.getloadavg()],
             "calls_per_proxy": len(lat["a"]), "clients": clients,
             "req_per_s_total": round((len(lat["a"]) + len(lat["b"])) / wall, 1),
