@@ -6,7 +6,8 @@ B: the same config without the callback (custom_auth kept, so only the logger di
    with a third argument `null`, B has a callback that does nothing (bench/null_callback.py):
    then the difference is litellm_pglog's own cost, without LiteLLM's cost of having a callback;
    a fourth argument `pipe` runs A with bench/pipe_writer_prototype.py (the writer in its own
-   process, a measurement prototype) instead of the package's callback
+   process, a measurement prototype) instead of the package's callback, `null` gives A the
+   do-nothing callback too: an A/A run, whose p50 difference is the noise floor of the host
 Both run at the same time against the same stub; C client threads each alternate A and B
 (order flipped every call). Visibility: a poller reads new request rows every 10 ms; the delay
 is first-seen minus the moment the client had the response (matched by x-litellm-call-id).
@@ -61,8 +62,8 @@ def writer_thread_cpu_s(proxy) -> float | None:
 
 def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[2]) if len(sys.argv) > 2 else 4,
          baseline=sys.argv[3] if len(sys.argv) > 3 else "none", logger=sys.argv[4] if len(sys.argv) > 4 else "pglog"):
-    if baseline not in ("none", "null") or logger not in ("pglog", "pipe"):
-        raise SystemExit("usage: proxy_ab.py [calls] [clients] [none|null] [pglog|pipe]")
+    if baseline not in ("none", "null") or logger not in ("pglog", "pipe", "null"):
+        raise SystemExit("usage: proxy_ab.py [calls] [clients] [none|null] [pglog|pipe|null]")
     here = os.path.dirname(os.path.abspath(__file__))
     cluster = migrated_cluster()
     stub = Stub()
@@ -70,11 +71,12 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
     a = Proxy(os.path.join(tmp, "a"), stub.port, cluster.env())
     b = Proxy(os.path.join(tmp, "b"), stub.port, cluster.env())
     a.env["PGLOG_STATS_INTERVAL_S"] = "5"
-    if logger == "pipe":  # A runs bench/pipe_writer_prototype.py instead (a measurement prototype)
+    if logger != "pglog":  # the prototype, or `null` for an A/A run that shows the bench's noise floor
+        module = "pipe_writer_prototype" if logger == "pipe" else "null_callback"
         with open(a.config) as fh:
             cfg = fh.read()
         with open(a.config, "w") as fh:
-            fh.write(cfg.replace("litellm_pglog.callback.proxy_handler_instance", "pipe_writer_prototype.instance"))
+            fh.write(cfg.replace("litellm_pglog.callback.proxy_handler_instance", module + ".instance"))
         a.env["PYTHONPATH"] = os.pathsep.join(p for p in (here, a.env.get("PYTHONPATH")) if p)
     with open(b.config) as fh:
         cfg = fh.read()
@@ -133,7 +135,7 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
         for t in threads:
             t.join()
         wall = time.monotonic() - t0
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + (15 if logger != "null" else 0)
         while time.monotonic() < deadline and not all(c in seen for c in received):
             time.sleep(0.05)
         stop.set()
@@ -162,8 +164,10 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
             "without_logger_switches_per_call": round(usage[b][1] / len(lat["b"]), 2),
             "with_logger_p99_ms": round(percentile(lat["a"], 99), 2),
             "without_logger_p99_ms": round(percentile(lat["b"], 99), 2),
-            "visible_p50_ms": round(percentile(vis, 50), 1), "visible_p99_ms": round(percentile(vis, 99), 1),
-            "visible_max_ms": round(max(vis), 1), "target_visible_p99_ms": 1000, "not_visible": missing,
+            "visible_p50_ms": round(percentile(vis, 50), 1) if vis else None,
+            "visible_p99_ms": round(percentile(vis, 99), 1) if vis else None,
+            "visible_max_ms": round(max(vis), 1) if vis else None, "target_visible_p99_ms": 1000,
+            "not_visible": missing if logger != "null" else None,
         }))
     finally:
         stop.set()
