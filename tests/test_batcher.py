@@ -14,7 +14,7 @@ def test_full_batch_is_handed_over_at_once_without_waiting_for_the_flush():
     first, closed = b.next_batch()
     second, _ = b.next_batch()
     assert first == list(range(100)) and second == list(range(100, 200)) and not closed
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 2.0  # far below the 5 s flush
 
 
 def test_partial_batch_waits_for_the_flush_deadline():
@@ -22,7 +22,7 @@ def test_partial_batch_waits_for_the_flush_deadline():
     b.put("x")
     t0 = time.monotonic()
     batch, _ = b.next_batch()
-    assert batch == ["x"] and 0.25 <= time.monotonic() - t0 < 1.0
+    assert batch == ["x"] and 0.25 <= time.monotonic() - t0 < 2.0
 
 
 def test_batch_filling_up_during_the_wait_is_handed_over_early():
@@ -73,12 +73,14 @@ def test_one_wakeup_per_batch_not_per_record():
             return self.q.get(block, timeout)
 
     b._queue = CountingQueue(b._queue)
-    got = []
+    got, batches = [], []
 
     def collector():
         while len(got) < 40:
             batch, _ = b.next_batch(idle_s=2.0)
             got.extend(batch)
+            if batch:
+                batches.append(len(batch))
 
     t = threading.Thread(target=collector)
     t.start()
@@ -87,4 +89,5 @@ def test_one_wakeup_per_batch_not_per_record():
         time.sleep(0.0125)
     t.join(5)
     assert got == list(range(40))
-    assert len(blocking_gets) <= 5, blocking_gets  # ~2-3 batches, not 40 wake-ups
+    assert len(batches) <= 10, batches  # ~2-3 batches of a 0.5 s trickle (more only on a stalled host)
+    assert len(blocking_gets) <= len(batches) + 1, blocking_gets  # one blocking wait per batch, not per record
