@@ -60,6 +60,9 @@ class Settings:
     stats_interval_s: float
     drain_timeout_s: float
     max_payload_bytes: int
+    # The metrics endpoint (metrics.py); port 0: none.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -99,6 +102,8 @@ class Settings:
             stats_interval_s=_float(env, "PGLOG_STATS_INTERVAL_S", 60.0, 0.1),
             drain_timeout_s=_float(env, "PGLOG_DRAIN_TIMEOUT_S", 20.0, 0.0),
             max_payload_bytes=_int(env, "PGLOG_MAX_PAYLOAD_BYTES", 262_144, 1024),
+            metrics_host=env.get("PGLOG_METRICS_HOST", "").strip() or "127.0.0.1",
+            metrics_port=_int(env, "PGLOG_METRICS_PORT", 0, 0),
         )
 
 
