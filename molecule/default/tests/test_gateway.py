@@ -337,6 +337,8 @@ BAD_VARS = {
         "api_base"),
     "bind_address_not_ip": ({"litellm_gateway_bind_address": "gateway.example"},
                             "litellm_gateway_bind_address must be an IPv4 or IPv6 address"),
+    "log_payloads_unknown": ({"litellm_gateway_log_payloads": "everything"},
+                             "litellm_gateway_log_payloads must be one of: full, redacted, metadata"),
 }
 
 

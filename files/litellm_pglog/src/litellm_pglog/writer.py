@@ -138,11 +138,12 @@ class Writer:
 
     def _prepare(self, raw: dict[str, Any]) -> dict[str, Any]:
         try:
-            return records.prepare(raw, self.settings.max_payload_bytes)
+            return records.prepare(raw, self.settings.max_payload_bytes, self.settings.payload_policy)
         except Exception as exc:  # a record we cannot even serialise: keep what we can
-            emit("prepare_error", logging.ERROR, call_id=str(raw.get("id")), error=short(exc))
+            policy = self.settings.payload_policy
+            emit("prepare_error", logging.ERROR, call_id=policy.mask(str(raw.get("id"))), error=short(exc))
             return records.prepare({k: raw.get(k) for k in ("id", "startTime", "endTime", "status")},
-                                   self.settings.max_payload_bytes)
+                                   self.settings.max_payload_bytes, policy)
 
     # ---- the writer thread: the only one that touches the database and the spool --------------
     def _run(self) -> None:
