@@ -35,7 +35,7 @@ its response row
                 replay after a crash between COMMIT and unlink) is counted, not inserted. It
                 carries the event time so it stays valid when the table is partitioned by time.
 
-responses (10 columns) -- exactly one per request row
+responses (11 columns) -- exactly one per request row
   id                 BIGINT identity, primary key
   request_id         BIGINT NOT NULL UNIQUE, FK requests.id ON DELETE CASCADE, indexed
   created_at         TIMESTAMPTZ NOT NULL, indexed -- response end (endTime)
@@ -52,6 +52,9 @@ responses (10 columns) -- exactly one per request row
                      provider's usage report never arrived); a non-streaming call the provider's
                      own usage (the provider finished the answer nobody received). Tokens alike.
   latency_ms         DOUBLE PRECISION NOT NULL -- endTime - startTime
+  ttft_ms            DOUBLE PRECISION NULL -- streaming calls: time to the first chunk
+                     (LiteLLM's completionStartTime - startTime); NULL for non-streaming calls,
+                     failed calls and rows written before revision 0003
   body               JSONB NOT NULL -- the response on success; {"error": {...error_information,
                      "message": error_str}} on failure; for client_disconnected {"error": {...499},
                      "response": what LiteLLM assembled (the partial stream / the undelivered
@@ -138,6 +141,7 @@ class Response(Base):
     total_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(18, 10), nullable=False)
     latency_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    ttft_ms: Mapped[float | None] = mapped_column(Double, nullable=True)
     body: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
 
     request: Mapped[Request] = relationship(back_populates="response")
@@ -149,5 +153,5 @@ REQUEST_COLUMNS = (
 )
 RESPONSE_COLUMNS = (
     "request_id", "created_at", "status", "prompt_tokens", "completion_tokens",
-    "total_tokens", "cost_usd", "latency_ms", "body",
+    "total_tokens", "cost_usd", "latency_ms", "ttft_ms", "body",
 )

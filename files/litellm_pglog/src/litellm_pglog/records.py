@@ -44,7 +44,7 @@ _SLO_FIELDS = (
     "id", "startTime", "endTime", "model_group", "model", "call_type", "stream", "end_user",
     "request_tags", "messages", "model_parameters", "status", "prompt_tokens",
     "completion_tokens", "total_tokens", "response_cost", "response", "error_str",
-    "error_information", "metadata",
+    "error_information", "metadata", "completionStartTime",
 )
 
 # Format of prepared rows (the spool's lines). Rows without "v" come from a release before
@@ -238,6 +238,18 @@ def _delivery(raw: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
+def _ttft_ms(raw: dict[str, Any], start: float, end: float, status: str) -> float | None:
+    """Time to the first chunk of a stream. LiteLLM sets completionStartTime at the first chunk
+    (or to endTime when none came, hence: failures have none); for a non-streaming call it is
+    the end of the call, no first-token time, so None."""
+    if not raw.get("stream") or status == STATUS_FAILURE:
+        return None
+    first = _num(raw.get("completionStartTime"), float)
+    if not first or first < start or first > end:
+        return None
+    return (first - start) * 1000.0
+
+
 def prepare(raw: dict[str, Any], max_payload_bytes: int, policy: privacy.Policy = privacy.FULL) -> dict[str, Any]:
     """One call -> the values of one requests row and one responses row (JSON-able).
 
@@ -305,6 +317,7 @@ def prepare(raw: dict[str, Any], max_payload_bytes: int, policy: privacy.Policy 
         "total_tokens": _num(raw.get("total_tokens"), int),
         "cost_usd": _num(raw.get("response_cost"), float),
         "latency_ms": max(0.0, (end - start) * 1000.0),
+        "ttft_ms": _ttft_ms(raw, start, end, status),
         "body": jsonb(policy.body(body), max_payload_bytes),
     }
 
