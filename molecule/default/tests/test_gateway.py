@@ -257,6 +257,24 @@ def test_unknown_model_is_4xx_and_logged_as_failure(host):
     assert resp["rows"][0]["status"] == "failure"
 
 
+def test_usage_report_on_the_gateway_adds_up_to_the_raw_rows(host):
+    """`litellm-pglog report` as the gateway's writer: it refreshes the hourly rollup (the
+    writer may, through the owner's SECURITY DEFINER function) and its totals equal the raw
+    tables' (read as postgres on the database host, right after)."""
+    res = host.run(f"sh -c 'set -a; . {ENV_FILE}; set +a; "
+                   f"exec {VENV_CLI} report --since 2d --by status --format json --lag 0'")
+    assert res.rc == 0, res.stderr[-500:]
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    reported = sum(r["calls"] for r in doc["rows"])
+    through = doc["rollup"]["logged_through"]
+    raw = db_host().run(
+        "runuser -u postgres -- psql -X -At -d litellm_db -c "
+        f"\"SELECT count(*) FROM requests WHERE logged_at <= '{through}'\"")  # a fresh bed: all within 2 days
+    assert raw.rc == 0, raw.stderr
+    assert reported == int(raw.stdout.strip()) > 0
+    assert {r["status"] for r in doc["rows"]} >= {"success", "failure"}
+
+
 # --- secrets and offline install --------------------------------------------------------
 
 def test_no_secret_in_journal_config_or_cmdlines(host):

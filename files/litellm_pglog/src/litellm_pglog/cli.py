@@ -1,4 +1,4 @@
-"""`litellm-pglog`: migrate, status, replay, evidence. Connection from the PGLOG_* environment.
+"""`litellm-pglog`: migrate, status, replay, evidence, report. Connection from the PGLOG_* environment.
 
 Exit codes: 0 ok, 1 the command ran and found a problem (e.g. schema mismatch in status),
 2 usage/configuration error.
@@ -156,6 +156,33 @@ def cmd_evidence(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from . import report
+
+    since = report.parse_since(args.since)
+    engine = _engine(settings)
+    try:
+        with engine.begin() as conn:
+            state = report.refresh(conn, args.lag) if not args.no_refresh else None
+            columns, rows = report.usage(conn, since, args.by)
+    finally:
+        engine.dispose()
+    if args.format == "json":
+        _dump({"since": args.since, "by": args.by, "rollup": state,
+               "rows": [dict(zip(columns, r)) for r in rows]})
+    elif args.format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows([[_cell(v) for v in r] for r in rows])
+    else:
+        through = f", rollup through {_cell(state['logged_through'])}" if state else ""
+        print(f"usage over the last {args.since} by {args.by}{through}")
+        print(table(columns, rows))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="litellm-pglog", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -170,6 +197,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--expected", type=int, help="number of calls the run made (join-check)")
     e.add_argument("--limit", type=int, default=20)
     e.add_argument("--json", action="store_true")
+    r = sub.add_parser("report", help="usage from the hourly rollup (refreshed first): calls, tokens, cost, "
+                                      "latency and time-to-first-token percentiles")
+    r.add_argument("--since", default="7d", help="window ending now: 90m, 24h, 7d, 2w (default 7d)")
+    r.add_argument("--by", default="model", choices=("key", "model", "user", "status", "day", "hour"))
+    r.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    r.add_argument("--lag", type=float, default=60.0,
+                   help="seconds of the newest rows left out of the refresh (in-flight inserts; default 60)")
+    r.add_argument("--no-refresh", action="store_true", help="read the rollup as it is")
     return p
 
 
@@ -180,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"litellm-pglog: configuration error: {exc}", file=sys.stderr)
         return 2
-    handler = {"migrate": cmd_migrate, "status": cmd_status, "replay": cmd_replay, "evidence": cmd_evidence}
+    handler = {"migrate": cmd_migrate, "status": cmd_status, "replay": cmd_replay, "evidence": cmd_evidence,
+               "report": cmd_report}
     try:
         return handler[args.cmd](args, settings)
     except ValueError as exc:
