@@ -9,6 +9,7 @@ The last tests run ansible-playbook themselves (a second release + rollback, bad
 variables); they leave the bed on the release it had.
 """
 
+import functools
 import json
 import os
 import re
@@ -27,10 +28,12 @@ from bedlib import (
     GATEWAY_CONFIG,
     GATEWAY_ENV_FILE,
     GATEWAY_PORT,
+    GATEWAY_SCHEME,
     GATEWAY_UNIT,
     PGLOG_CLI,
     PROJECT,
     hosts_in,
+    install_ca,
     inventory_vars,
     lab_secrets,
     play_recap,
@@ -88,6 +91,12 @@ def _auth_file(key):
     return path
 
 
+@functools.cache
+def client_ca():
+    """The bed CA on the db host (the client): curl verifies the gateway's certificate."""
+    return install_ca(hosts_in("postgresql")[0])
+
+
 def chat(body, key=None, path="/v1/chat/completions"):
     """POST from the db host over the network; returns (status, headers, json|None, t_done)."""
     db = db_host()
@@ -95,9 +104,9 @@ def chat(body, key=None, path="/v1/chat/completions"):
     req = f"/run/gwtest-body-{uuid.uuid4().hex[:8]}"
     db.run(f"cat > {req} <<'EOF'\n{json.dumps(body)}\nEOF")
     hdr_opt = f"-H @{auth}" if auth else ""
-    cmd = (f"curl -sS --max-time 60 -o {req}.out -D {req}.hdr -w '%{{http_code}}' "
+    cmd = (f"curl -sS --max-time 60 --cacert {client_ca()} -o {req}.out -D {req}.hdr -w '%{{http_code}}' "
            f"-H 'Content-Type: application/json' {hdr_opt} --data @{req} "
-           f"http://{gw_address()}:{gw_port()}{path}")
+           f"{GATEWAY_SCHEME}://{gw_address()}:{gw_port()}{path}")
     res = db.run(cmd)
     t_done = time.time()
     try:

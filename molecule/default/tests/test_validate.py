@@ -19,6 +19,8 @@ from bedlib import (
     GATEWAY_CONFIG,
     GATEWAY_PORT,
     GATEWAY_PYTHON,
+    GATEWAY_SCHEME,
+    GATEWAY_TLS_CA,
     GATEWAY_UNIT,
     PG_CONF_DIR,
     PG_UNIT,
@@ -99,7 +101,8 @@ def wait_gateway_healthy(gw, timeout=120):
     deadline = time.monotonic() + timeout
     addr = gw.run("hostname -I").stdout.split()[0]
     while time.monotonic() < deadline:
-        if gw.run(f"curl -sf -o /dev/null http://{addr}:{GATEWAY_PORT}/health/liveliness").rc == 0:
+        if gw.run(f"curl -sf --cacert {GATEWAY_TLS_CA} -o /dev/null "
+                  f"{GATEWAY_SCHEME}://{addr}:{GATEWAY_PORT}/health/liveliness").rc == 0:
             return
         time.sleep(2)
     pytest.fail("gateway did not become healthy after the repair")
