@@ -265,6 +265,34 @@ def test_bodies_litellm_refuses_get_its_400_not_a_500(proxy, cluster):
     assert logged == [(len(extras),)]
 
 
+# Found by the bed's schemathesis pass: bodies LiteLLM 1.108.7 answers without any row (its own
+# 400 for what is not JSON) or with a plain 500 (a model name it cannot echo in a header).
+UNSERVABLE_BODIES = {
+    "nul byte": b"\x00",
+    "not json": b"E",
+    "not utf-8": b'{"model": "\xa4", "messages": []}',
+    "a list": b'[{"model": "gpt-stub"}]',
+    "model beyond latin-1": '{"model": "m\U000883b8", "messages": [{"role": "user", "content": "x"}]}'.encode(),
+    "model with a control character": b'{"model": "m\\u0014", "messages": [{"role": "user", "content": "x"}]}',
+    "model not a string": b'{"model": ["gpt-stub"], "messages": [{"role": "user", "content": "x"}]}',
+}
+
+
+def test_bodies_litellm_cannot_serve_get_a_400_with_rows(proxy, cluster):
+    answered = {}
+    for name, raw in UNSERVABLE_BODIES.items():
+        status, headers, err = http("POST", proxy.url + "/v1/chat/completions", raw=raw, key=TEAM_KEY)
+        answered[name] = (status, headers.get("x-litellm-call-id"), err.get("error", {}).get("message"))
+    assert {n: a[0] for n, a in answered.items()} == {n: 400 for n in UNSERVABLE_BODIES}, answered
+    ids = [a[1] for a in answered.values()]
+    assert all(ids), answered  # every answer names its call: the rows can be found
+    assert wait_until(lambda: query(cluster, "SELECT count(*) FROM requests q JOIN responses r ON r.request_id = q.id"
+                                             " WHERE q.call_id = ANY(%s) AND r.status = 'failure'", (ids,))[0][0]
+                      == len(ids), 10), answered
+    # and a servable call right after is served
+    assert proxy.chat("after the unservable bodies", tag())[0] == 200
+
+
 def _content_length(data: bytes) -> int:
     match = re.search(rb"(?im)^content-length: *([0-9]+)", data.split(b"\r\n\r\n", 1)[0])
     return int(match.group(1)) if match else 0
