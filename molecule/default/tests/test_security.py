@@ -355,9 +355,10 @@ LYNIS_FLOOR = {"postgresql": 60, "litellm_gateway": 60}
 LYNIS_OUT = "/root/lynis-audit.txt"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def lynis_runs():
-    """Starts lynis in both hosts at once (each run takes a minute or more); the test waits."""
+    """Starts lynis in both hosts when the module starts (a run takes one to two minutes), so
+    it works while the other tests of the module run; its tests, near the end, wait for it."""
     procs = {}
     for group in LYNIS_FLOOR:
         name = hosts_in(group)[0]
