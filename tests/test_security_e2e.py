@@ -363,7 +363,11 @@ def test_deep_and_oversize_bodies_are_refused_before_parsing_and_logged(proxy, c
 
 def test_guard_runs_in_every_uvicorn_worker(cluster, migrated, stub, tmp_path):
     """LiteLLM loads our callback (and so installs the guard) in each worker process."""
-    p = Proxy(str(tmp_path / "workers"), stub.port, cluster.env(), args=("--num_workers", "2"))
+    # uvicorn kills a worker that does not answer its health ping within 5 s; a spawned worker
+    # answers only once it has imported LiteLLM, which takes longer than that on a loaded host
+    # (load 20+ on 2 cores: every worker killed and respawned until the start timeout)
+    p = Proxy(str(tmp_path / "workers"), stub.port, cluster.env(),
+              args=("--num_workers", "2", "--timeout_worker_healthcheck", "60"))
     p.start(timeout=180)
     try:
         assert wait_until(lambda: len(p.events("guard_installed")) == 2, 60), p.tail()
