@@ -186,6 +186,9 @@ def test_pool_stats_lines_and_file(proxy):
     assert last["counters"]["dropped"] == 0
     connect = proxy.events("connect")[0]
     assert connect["ssl"]["server_ssl"] is True and connect["auth"]["method"].startswith("scram-sha-256")
+    # the server's view of where the connection comes from (what pg_hba chose its rule by)
+    assert connect["client_addr"] == "127.0.0.1" and connect["server_addr"] == "127.0.0.1"
+    assert isinstance(connect["client_port"], int)
     files = os.listdir(os.path.join(proxy.workdir, "state"))
     assert any(f.startswith("stats-") and f.endswith(".json") for f in files)
 

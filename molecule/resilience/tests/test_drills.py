@@ -33,8 +33,10 @@ import pytest
 import bedlib
 from bedlib import (
     ADDRESSES,
+    CLIENT_CA,
     GATEWAY_CONFIG_DIR,
     GATEWAY_ENV_FILE,
+    GATEWAY_SCHEME,
     GATEWAY_UNIT,
     LAB_DIR,
     PG_UNIT,
@@ -94,7 +96,8 @@ class Load:
     def __init__(self, tag: str, duration: float, count: int, rate: float = RATE, **opts: object) -> None:
         self.tag = tag
         self.limit = duration + 90  # bounded: duration + the last calls' timeout + slack
-        args = ["--url", f"http://{GW_ADDR}:{port()}/v1/chat/completions", "--key-file", KEY_FILE,
+        args = ["--url", f"{GATEWAY_SCHEME}://{GW_ADDR}:{port()}/v1/chat/completions", "--key-file", KEY_FILE,
+                "--ca-file", CLIENT_CA,
                 "--model", model(), "--tag", tag, "--rate", str(rate), "--duration", str(duration),
                 "--count", str(count), "--stop-file", STOP_FILE, "--timeout", "30"]
         for k, v in opts.items():
@@ -194,7 +197,8 @@ def wait_for(what: str, check, timeout: float, every: float = 1.0) -> float:
 
 
 def gateway_answers() -> bool:
-    probe = (f"python3 {LOADGEN} --url http://{GW_ADDR}:{port()}/v1/chat/completions --key-file {KEY_FILE}"
+    probe = (f"python3 {LOADGEN} --url {GATEWAY_SCHEME}://{GW_ADDR}:{port()}/v1/chat/completions"
+             f" --key-file {KEY_FILE} --ca-file {CLIENT_CA}"
              f" --model {model()} --tag probe --count 1 --rate 1 --timeout 10")
     p = sh(DB, probe, timeout=30, check=False)
     try:
@@ -235,6 +239,7 @@ def drill_bed():
     sh(DB, f"mkdir -p {os.path.dirname(LOADGEN)}; umask 077; : > {KEY_FILE}")
     subprocess.run(["podman", "cp", str(Path(bedlib.__file__).with_name("loadgen.py")), f"{DB}:{LOADGEN}"],
                    check=True, timeout=60)
+    bedlib.install_ca(DB)  # the client verifies the gateway's certificate
     subprocess.run(["podman", "exec", "-i", DB, "sh", "-c", f"umask 077; cat > {KEY_FILE}"],
                    input=key, text=True, check=True, timeout=60)
     wait_for("the gateway to answer", gateway_answers, 120, every=3)

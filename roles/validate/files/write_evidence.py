@@ -8,9 +8,9 @@ stdin carries the secrets to mask (never a command line or the environment, whic
 Ansible shows at high verbosity) and the raw results of the collecting tasks:
 
   {"secrets": [...], "run_id": ..., "tag": ..., "calls": K, "max_logging_delay_ms": MS,
-   "units": {group: unit}, "expected_units": {host: [unit, ...]},
+   "units": {group: unit}, "expected_units": {host: [unit, ...]}, "gateway_https": bool,
    "hosts": {host: {"groups": [...], "units": [...], "show": [cmdres], "status": [cmdres],
-                    "journal": cmdres | null, "since": str} | null},
+                    "journal": cmdres | null, "since": str, "connect_check": cmdres | null} | null},
    "chat": cmdres, "cli": {name: cmdres}, "db_auth": {...}, "config": str}
 
   cmdres = {"cmd": [...], "rc": int, "stdout": str, "stderr": str}
@@ -80,6 +80,9 @@ def service_status(hosts: dict[str, Any], expected_units: dict[str, list[str]]) 
 
 
 def connect_log(hosts: dict[str, Any], gateways: list[str]) -> str:
+    """Per gateway: the pool's connect and pool_stats lines since the unit's start (journal), then
+    the fresh connection the play opened (`litellm-pglog connect-check`) as one
+    `event=connect_check {json}` line. Both show the client address the server saw."""
     parts = []
     for host in gateways:
         data = hosts.get(host) or {}
@@ -93,6 +96,18 @@ def connect_log(hosts: dict[str, Any], gateways: list[str]) -> str:
             parts += lines or [f"(no event={' / event='.join(contract.EVIDENCE_EVENTS)} line since the unit's start)"]
             if journal.get("rc") not in (0, 1) and journal.get("stderr"):
                 parts.append("[stderr] " + journal["stderr"].strip())
+        check = data.get("connect_check")
+        parts.append(f"### host={host} check=connect-check")
+        parts.append(_cmd(check))
+        try:
+            fresh = json.loads((check or {}).get("stdout") or "")
+        except ValueError:
+            fresh = None
+        if isinstance(fresh, dict):
+            parts.append(f"event={contract.FRESH_CONNECT_EVENT} {json.dumps(fresh, sort_keys=True)}")
+        else:
+            parts.append("(no fresh connection was described)" + (f"\n[stderr] {check['stderr'].strip()}"
+                                                                   if check and check.get("stderr") else ""))
     return "\n".join(parts)
 
 
@@ -142,7 +157,9 @@ def manifest(c: dict[str, Any]) -> dict[str, Any]:
     """What the verdict judges against: the run, its bounds and the unit of each group."""
     return {"run_id": c.get("run_id"), "tag": c.get("tag"), "expected_calls": c.get("calls"),
             "max_logging_delay_ms": c.get("max_logging_delay_ms"), "units": c.get("units") or {},
-            "expected_units": c.get("expected_units") or {}}
+            "expected_units": c.get("expected_units") or {},
+            # false only when the inventory turned HTTPS off; the verdict then says INFO, never PASS
+            "gateway_https": c.get("gateway_https") is not False}
 
 
 def main(argv: list[str]) -> int:
