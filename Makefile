@@ -28,7 +28,7 @@ export PATH := $(VENV)/bin:$(PATH)
 bed_env = PGLOG_BED=$(1) PGLOG_SUBNET=$(2) PGLOG_LAB_DIR=$(CURDIR)/.lab/$(1) \
 	MOLECULE_EPHEMERAL_DIRECTORY=$(CURDIR)/.lab/$(1)/molecule
 
-.PHONY: help setup venvs image lint unit molecule test test-resilience demo demo-down bed-login
+.PHONY: help setup venvs image lint unit molecule test test-beds test-resilience demo demo-down bed-login
 
 help: ## this list
 	@grep -hE '^[a-z][a-z%-]*:.*## ' $(MAKEFILE_LIST) \
@@ -60,9 +60,17 @@ unit: ## host-side tests of the logging package and the validate scripts (tests/
 molecule: ## full molecule test of the two-host bed (scenario default)
 	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule test -s default
 
-test: lint unit molecule test-resilience ## everything CI runs
+test: lint unit test-beds ## everything CI runs
 
-test-resilience: ## fault drills on their own bed (scenario resilience)
+# The drills need a converged two-host bed, which is exactly what the default
+# scenario leaves behind after its verify (its tests repair what they break):
+# they run on that bed instead of converging a second one (~8 min saved).
+test-beds: ## scenario default, then the resilience drills on the same bed, then destroy
+	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule test -s default --destroy never
+	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule verify -s resilience
+	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule destroy -s default
+
+test-resilience: ## fault drills alone, on their own bed (scenario resilience)
 	$(call bed_env,$(RESILIENCE_BED),$(RESILIENCE_SUBNET)) molecule test -s resilience
 
 bed-%: ## molecule create|prepare|syntax|converge|idempotence|verify|destroy|test of bed PGLOG_BED

@@ -29,3 +29,32 @@ def percentile(values, q):
         return None
     k = min(len(s) - 1, max(0, int(round(q / 100.0 * (len(s) - 1)))))
     return s[k]
+
+
+def load_avg():
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _stat(pid):
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def cluster_cpu_s(cluster):
+    """CPU seconds the PostgreSQL cluster has used so far: the postmaster with its reaped children
+    (exited backends) plus every live child. CPU time, unlike wall time, hardly moves with other
+    load on the machine, so it is the figure to compare when the host is busy."""
+    with open(os.path.join(cluster.data, "postmaster.pid")) as fh:
+        postmaster = int(fh.readline())
+    tick = os.sysconf("SC_CLK_TCK")
+    f = _stat(postmaster)
+    total = sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                f = _stat(name)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(f[1]) == postmaster:
+                total += int(f[11]) + int(f[12])
+    return total / tick

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from _rig import migrated_cluster, percentile
+from _rig import load_avg, migrated_cluster, percentile
 
 from helpers import make_slo  # noqa: E402  (tests/)
 from litellm_pglog.callback import PglogCallback
@@ -37,13 +37,14 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 20000):
         writer.start()
         cb = PglogCallback(writer=writer)
         events = [{"standard_logging_object": make_slo(i, content="benchmark message " * 20)} for i in range(n)]
+        load0 = load_avg()
         times = asyncio.run(measure(cb, events))
         t0 = time.monotonic()
         while writer.counters["written"] < n and time.monotonic() - t0 < 120:
             time.sleep(0.05)
         writer.stop(timeout=30)
         print(json.dumps({
-            "bench": "callback_overhead", "events": n,
+            "bench": "callback_overhead", "events": n, "load_avg_start": load0, "load_avg_end": load_avg(),
             "p50_us": round(percentile(times, 50), 2), "p99_us": round(percentile(times, 99), 2),
             "mean_us": round(sum(times) / n, 2), "max_us": round(max(times), 1),
             "target_p50_us": 50, "written": writer.counters["written"], "dropped": writer.counters["dropped"],

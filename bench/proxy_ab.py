@@ -2,11 +2,21 @@
 response-to-row-visible latency under that load.
 
 A: `litellm` with callbacks: litellm_pglog.callback.proxy_handler_instance (+ custom_auth)
-B: the same config without the callback (custom_auth kept, so only the logger differs)
+B: the same config without the callback (custom_auth kept, so only the logger differs);
+   with a third argument `null`, B has a callback that does nothing (bench/null_callback.py):
+   then the difference is litellm_pglog's own cost, without LiteLLM's cost of having a callback;
+   a fourth argument `pipe` runs A with bench/pipe_writer_prototype.py (the writer in its own
+   process, a measurement prototype) instead of the package's callback, `null` gives A the
+   do-nothing callback too: an A/A run, whose p50 difference is the noise floor of the host
 Both run at the same time against the same stub; C client threads each alternate A and B
 (order flipped every call). Visibility: a poller reads new request rows every 10 ms; the delay
 is first-seen minus the moment the client had the response (matched by x-litellm-call-id).
-Targets: p50(A) - p50(B) <= 0.5 ms; visibility p99 <= 1000 ms. Prints JSON."""
+CPU: each proxy process's CPU time (all threads, /proc/<pid>/stat) and context switches from
+the start of the load until every row is visible, per call, and the logger's own thread CPU per
+call (writer_thread_cpu_s of its stats file): unlike latency at saturation these do not move
+much with other load on the machine, so they are the figures to compare on a busy host.
+Targets: p50(A) - p50(B) <= 1 ms at saturation (4 clients on 2 cores), <= 0.5 ms at 1 client;
+visibility p99 <= 1000 ms. Prints JSON."""
 
 import json
 import shutil
@@ -22,16 +32,59 @@ from pgcluster import DB  # noqa: E402
 from proxyrig import TEAM_KEY, Proxy, Stub, http  # noqa: E402
 
 
-def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[2]) if len(sys.argv) > 2 else 4):
+def cpu_and_switches(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system, all threads) and context switches (all threads) so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    switches = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                for line in fh:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        switches += int(line.split()[1])
+        except FileNotFoundError:  # thread ended meanwhile
+            pass
+    return cpu, switches
+
+
+def writer_thread_cpu_s(proxy) -> float | None:
+    """The logger's own thread CPU so far: its stats file (rewritten every 5 s here, and at exit)."""
+    import glob
+
+    files = glob.glob(os.path.join(proxy.workdir, "state", "stats-*.json"))
+    if not files:
+        return None
+    with open(max(files, key=os.path.getmtime)) as fh:
+        return json.load(fh).get("writer_thread_cpu_s")
+
+
+def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[2]) if len(sys.argv) > 2 else 4,
+         baseline=sys.argv[3] if len(sys.argv) > 3 else "none", logger=sys.argv[4] if len(sys.argv) > 4 else "pglog"):
+    if baseline not in ("none", "null") or logger not in ("pglog", "pipe", "null"):
+        raise SystemExit("usage: proxy_ab.py [calls] [clients] [none|null] [pglog|pipe|null]")
+    here = os.path.dirname(os.path.abspath(__file__))
     cluster = migrated_cluster()
     stub = Stub()
     tmp = tempfile.mkdtemp(prefix="pglog-ab-")
     a = Proxy(os.path.join(tmp, "a"), stub.port, cluster.env())
     b = Proxy(os.path.join(tmp, "b"), stub.port, cluster.env())
+    a.env["PGLOG_STATS_INTERVAL_S"] = "5"
+    if logger != "pglog":  # the prototype, or `null` for an A/A run that shows the bench's noise floor
+        module = "pipe_writer_prototype" if logger == "pipe" else "null_callback"
+        with open(a.config) as fh:
+            cfg = fh.read()
+        with open(a.config, "w") as fh:
+            fh.write(cfg.replace("litellm_pglog.callback.proxy_handler_instance", module + ".instance"))
+        a.env["PYTHONPATH"] = os.pathsep.join(p for p in (here, a.env.get("PYTHONPATH")) if p)
     with open(b.config) as fh:
         cfg = fh.read()
     with open(b.config, "w") as fh:
-        fh.write(cfg.replace("  callbacks: litellm_pglog.callback.proxy_handler_instance\n", ""))
+        replacement = "  callbacks: null_callback.instance\n" if baseline == "null" else ""
+        fh.write(cfg.replace("  callbacks: litellm_pglog.callback.proxy_handler_instance\n", replacement))
+    if baseline == "null":
+        b.env["PYTHONPATH"] = os.pathsep.join(p for p in (here, b.env.get("PYTHONPATH")) if p)
     seen: dict[str, float] = {}
     received: dict[str, float] = {}
     lat = {"a": [], "b": []}
@@ -71,6 +124,10 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
                      {"model": "gpt-stub", "messages": [{"role": "user", "content": "warm"}]}, TEAM_KEY)
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
+        time.sleep(5.5)  # a stats file written after the warm-up
+        writer_cpu0 = writer_thread_cpu_s(a)
+        usage0 = {p: cpu_and_switches(p.proc.pid) for p in (a, b)}
+        load0 = [round(x, 2) for x in os.getloadavg()]
         t0 = time.monotonic()
         threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
         for t in threads:
@@ -78,28 +135,46 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 400, clients=int(sys.argv[
         for t in threads:
             t.join()
         wall = time.monotonic() - t0
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + (15 if logger != "null" else 0)
         while time.monotonic() < deadline and not all(c in seen for c in received):
             time.sleep(0.05)
         stop.set()
+        usage = {p: [x1 - x0 for x0, x1 in zip(usage0[p], cpu_and_switches(p.proc.pid))] for p in (a, b)}
+        a.stop()  # its last stats file: written at exit
+        if logger == "pipe":
+            time.sleep(2)  # the prototype's writer process drains after the proxy is gone
+        writer_cpu1 = writer_thread_cpu_s(a)
+        writer_cpu = (writer_cpu1 - writer_cpu0) if None not in (writer_cpu0, writer_cpu1) else None
         vis = [(seen[c] - r) * 1000 for c, r in received.items() if c in seen]
         missing = sum(1 for c in received if c not in seen)
         pa, pb = percentile(lat["a"], 50), percentile(lat["b"], 50)
         print(json.dumps({
-            "bench": "proxy_ab", "calls_per_proxy": len(lat["a"]), "clients": clients,
+            "bench": "proxy_ab", "logger": logger, "baseline": baseline,
+            "load_avg_start": load0, "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+            "calls_per_proxy": len(lat["a"]), "clients": clients,
             "req_per_s_total": round((len(lat["a"]) + len(lat["b"])) / wall, 1),
             "with_logger_p50_ms": round(pa, 2), "without_logger_p50_ms": round(pb, 2),
-            "p50_diff_ms": round(pa - pb, 2), "target_p50_diff_ms": 0.5,
+            "p50_diff_ms": round(pa - pb, 2), "p50_diff_pct": round(100 * (pa - pb) / pb, 2),
+            "target_p50_diff_ms": 1.0 if clients > 1 else 0.5,
+            "with_logger_cpu_ms_per_call": round(1000 * usage[a][0] / len(lat["a"]), 3),
+            "without_logger_cpu_ms_per_call": round(1000 * usage[b][0] / len(lat["b"]), 3),
+            "cpu_diff_ms_per_call": round(1000 * (usage[a][0] / len(lat["a"]) - usage[b][0] / len(lat["b"])), 3),
+            "writer_thread_cpu_ms_per_call": round(1000 * writer_cpu / len(lat["a"]), 3) if writer_cpu is not None else None,
+            "with_logger_switches_per_call": round(usage[a][1] / len(lat["a"]), 2),
+            "without_logger_switches_per_call": round(usage[b][1] / len(lat["b"]), 2),
             "with_logger_p99_ms": round(percentile(lat["a"], 99), 2),
             "without_logger_p99_ms": round(percentile(lat["b"], 99), 2),
-            "visible_p50_ms": round(percentile(vis, 50), 1), "visible_p99_ms": round(percentile(vis, 99), 1),
-            "visible_max_ms": round(max(vis), 1), "target_visible_p99_ms": 1000, "not_visible": missing,
+            "visible_p50_ms": round(percentile(vis, 50), 1) if vis else None,
+            "visible_p99_ms": round(percentile(vis, 99), 1) if vis else None,
+            "visible_max_ms": round(max(vis), 1) if vis else None, "target_visible_p99_ms": 1000,
+            "not_visible": missing if logger != "null" else None,
         }))
     finally:
         stop.set()
         for p in (a, b):
             try:
-                p.stop()
+                if p.proc is not None and p.proc.poll() is None:
+                    p.stop()
             except Exception:
                 p.kill()
         stub.stop()

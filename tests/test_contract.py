@@ -4,6 +4,7 @@ the evidence writer renders every file the contract lists."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -12,10 +13,18 @@ import write_evidence
 from litellm_pglog import events
 
 
-def test_package_event_lines_match_the_contract(capsys):
-    events.emit("connect", server_version="17.12", ssl={"version": "TLSv1.3"}, note="a } brace")
-    events.emit("pool_stats", logging.INFO, pool={"reuse_rate": 0.99})
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if "event=" in ln]
+def test_package_event_lines_match_the_contract():
+    events.emit("startup")  # the package's own handler exists from here on; read what it formats
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(events.logger.handlers[0].formatter)
+    events.logger.addHandler(handler)
+    try:
+        events.emit("connect", server_version="17.12", ssl={"version": "TLSv1.3"}, note="a } brace")
+        events.emit("pool_stats", logging.INFO, pool={"reuse_rate": 0.99})
+    finally:
+        events.logger.removeHandler(handler)
+    lines = [ln for ln in out.getvalue().splitlines() if "event=" in ln]
     parsed = [contract.parse_event(f"Dec 02 05:00:00 gateway litellm[42]: {ln}") for ln in lines]
     assert parsed == [("connect", {"note": "a } brace", "server_version": "17.12", "ssl": {"version": "TLSv1.3"}}),
                       ("pool_stats", {"pool": {"reuse_rate": 0.99}})]

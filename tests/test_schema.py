@@ -191,7 +191,7 @@ def test_migration_0002_keeps_rows_and_replays_old_spool_lines_onto_them(cluster
 
     from litellm_pglog import records
     from litellm_pglog.schema import alembic_config
-    from litellm_pglog.writer import insert_batch
+    from litellm_pglog.insert import insert_batch
 
     cluster.create_db("mig_0001")
     engine = make_engine(Settings.from_env(cluster.env(OWNER, OWNER_PW, "mig_0001")), log_connect=False)
@@ -245,3 +245,37 @@ def test_migration_0002_keeps_rows_and_replays_old_spool_lines_onto_them(cluster
     finally:
         engine.dispose()
         cluster.drop_db("mig_0001")
+
+
+def test_check_revision_reports_a_dropped_connection_as_unreachable_not_mismatch(clean_db):
+    """A connection that dies under the revision check is an outage (retry later), not a schema
+    mismatch (which refuses to start and parks the spool): the two must not be confused."""
+    from litellm_pglog import schema
+
+    engine = make_engine(Settings.from_env(clean_db.env()), log_connect=False)
+    try:
+        with engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with clean_db.admin(DB) as admin:
+                admin.cursor().execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(Exception) as raised:
+                check_revision(conn)
+    finally:
+        engine.dispose()
+    assert not isinstance(raised.value, SchemaMismatch), raised.value
+    assert isinstance(raised.value, schema.DatabaseUnreachable)
+    assert "unreachable" in str(raised.value)
+
+
+def test_check_revision_without_alembic_version_is_still_a_mismatch(cluster, migrated):
+    """The other side of the same line: a reachable database without a readable alembic_version
+    (here: a fresh, unmigrated one) stays a SchemaMismatch."""
+    cluster.create_db("mig_none")
+    engine = make_engine(Settings.from_env(cluster.env(OWNER, OWNER_PW, "mig_none")), log_connect=False)
+    try:
+        with engine.connect() as conn:
+            with pytest.raises(SchemaMismatch, match="no readable alembic_version"):
+                check_revision(conn)
+    finally:
+        engine.dispose()
+        cluster.drop_db("mig_none")

@@ -289,3 +289,110 @@ def test_two_writers_share_one_spool_without_double_replay(writer_env, clean_db)
     assert rows(clean_db) == 200 and responses(clean_db) == 200
     assert w1.counters["replayed"] + w2.counters["replayed"] == 200
     assert w1.counters["duplicates"] + w2.counters["duplicates"] == 0
+
+
+def test_unreachable_during_schema_check_starts_offline_not_refused(writer_env, monkeypatch, clean_db):
+    """check_revision reporting DatabaseUnreachable (connection lost under the check) is an
+    outage: the writer starts offline and catches up, it does not refuse to start."""
+    from litellm_pglog import writer as writer_module
+    from litellm_pglog.schema import DatabaseUnreachable, check_revision
+
+    calls = []
+
+    def flaky(conn):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise DatabaseUnreachable("database unreachable while checking the schema revision: test")
+        return check_revision(conn)
+
+    monkeypatch.setattr(writer_module, "check_revision", flaky)
+    w = Writer(Settings.from_env())
+    w.start()
+    try:
+        assert w._online is False
+        submit(w, [make_slo(i) for i in range(5)])
+        assert wait_until(lambda: w.counters["replayed"] == 5, 20)
+    finally:
+        w.stop(timeout=5)
+    assert rows(clean_db) == 5 and w._online is True
+
+
+def test_nan_cost_is_written_as_records_rule_says(writer, clean_db):
+    """A NaN cost is neither refused nor lost: records turns a non-finite cost into 0 (its
+    documented rule) and the row is written."""
+    s = make_slo(1, response_cost=float("nan"))
+    submit(writer, [s])
+    assert wait_until(lambda: writer.counters["written"] + writer.counters["failed"] == 1)
+    assert writer.counters["written"] == 1
+    assert query(clean_db, "SELECT r.cost_usd::text FROM responses r") == [("0.0000000000",)]
+
+
+def test_batch_encoding_spells_out_non_finite_numbers():
+    """JSON has no NaN: a row that reaches the statement with one (an older spool line) is
+    spelled the way PostgreSQL's numeric and float8 read it, never as null."""
+    import json as _json
+    from litellm_pglog import insert
+    row = {name: None for name in insert._JSON_FIELDS}
+    row.update({name: 1.0 for name in insert._FLOAT_FIELDS})
+    for name in insert._JSON_FIELDS:
+        row[name] = "{}"
+    name = insert._FLOAT_FIELDS[0]
+    row[name] = float("nan")
+    assert _json.loads(insert.encode([row]))[0][name] == "NaN"
+    row[name] = float("-inf")
+    assert _json.loads(insert.encode([row]))[0][name] == "-Infinity"
+
+
+def test_records_held_in_memory_at_exit_are_counted_as_dropped(writer_env, monkeypatch, clean_db):
+    monkeypatch.setenv("PGLOG_SPOOL_MAX_MB", "1")
+    monkeypatch.setenv("PGLOG_MEMORY_MAX_RECORDS", "150")
+    monkeypatch.setenv("PGLOG_BATCH_SIZE", "50")
+    w = Writer(Settings.from_env())
+    w.start()
+    clean_db.stop()
+    try:
+        submit(w, [make_slo(i, content="y" * 6000) for i in range(300)])
+        assert wait_until(lambda: w.counters["spooled"] + w.counters["spool_full"] + w.counters["dropped"] == 300, 30)
+        held = w.outbox.memory_records
+        assert held > 0
+        dropped_before = w.counters["dropped"]
+        w.stop(timeout=1)
+    finally:
+        clean_db.start()
+    assert w.counters["dropped"] == dropped_before + held
+    assert w.counters["spooled"] + w.counters["dropped"] == 300  # every record accounted for
+
+
+def test_unexpected_error_in_the_delivery_thread_keeps_the_rows_and_the_thread(writer, clean_db, monkeypatch):
+    """A bug anywhere in a delivery step must not end the thread or lose the batch in hand."""
+    real = writer.delivery.deliver
+    calls = []
+
+    def broken_once(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(rows)
+
+    monkeypatch.setattr(writer.delivery, "deliver", broken_once)
+    c = writer.counters
+    submit(writer, [make_slo(i) for i in range(7)])
+    assert wait_until(lambda: c["spooled"] >= 1, 10)  # the batch in hand went to the spool
+    assert wait_until(lambda: c["written"] + c["replayed"] == 7, 20)  # after the backoff, from the spool
+    submit(writer, [make_slo(i) for i in range(7, 10)])
+    assert wait_until(lambda: c["written"] + c["replayed"] == 10, 20)  # the thread is still alive
+    assert rows(clean_db) == 10 and c["dropped"] == 0 and c["duplicates"] == 0
+
+
+def test_restart_between_batches_costs_a_retry_not_the_spool(writer, clean_db):
+    """The writer's pool does not ping before each batch: a connection the server closed (here:
+    a restart while the writer was idle) fails the first attempt, and the delivery policy's
+    retry gets a fresh connection from the pool."""
+    submit(writer, [make_slo(i) for i in range(5)])
+    assert wait_until(lambda: writer.counters["written"] == 5)
+    clean_db.stop()
+    clean_db.start()
+    submit(writer, [make_slo(i) for i in range(5, 10)])
+    assert wait_until(lambda: writer.counters["written"] == 10, 20)
+    assert writer.counters["spooled"] == 0 and writer._online is True
+    assert writer.pool_stats.invalidated >= 1  # the dead connection was thrown away, not reused

@@ -141,12 +141,16 @@ def _describe(dbapi_conn: Any, settings: Settings) -> dict[str, Any]:
     }
 
 
-def make_engine(settings: Settings, stats: PoolStats | None = None, *, log_connect: bool = True) -> Engine:
+def make_engine(settings: Settings, stats: PoolStats | None = None, *, log_connect: bool = True,
+                pre_ping: bool = True) -> Engine:
+    """pre_ping=False for the writer: its delivery policy already retries a batch on a dead
+    connection (the pool hands out a fresh one), and the ping is a TLS round trip per batch --
+    CPU and a GIL switch in the proxy's process for nothing."""
     engine = create_engine(
         url(settings),
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=settings.pool_recycle_s,
         pool_timeout=10,
     )
@@ -154,7 +158,7 @@ def make_engine(settings: Settings, stats: PoolStats | None = None, *, log_conne
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
         "pool_recycle_s": settings.pool_recycle_s,
-        "pool_pre_ping": True,
+        "pool_pre_ping": pre_ping,
     }
     dsn = masked_dsn(settings)
 

@@ -15,6 +15,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
+from .dberrors import DatabaseUnreachable, is_connection_error, short
+
 TABLES = ("requests", "responses")
 
 
@@ -78,12 +80,23 @@ def migrate(engine: Engine, grant_to: str | None = None) -> dict[str, Any]:
 
 
 def check_revision(conn: Connection) -> str:
-    """Raise SchemaMismatch unless the database is at this code's head."""
+    """Return the head if the database is at this code's head. Raise SchemaMismatch if it is not
+    (or has no readable alembic_version), DatabaseUnreachable if the question could not be asked:
+    a connection lost here is an outage to wait out, not a reason to refuse to start."""
     head = code_head()
     try:
         current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except Exception as exc:  # missing table or no privilege: same answer, not migrated for us
-        conn.rollback()
+    except Exception as exc:
+        if is_connection_error(exc):
+            raise DatabaseUnreachable(f"database unreachable while checking the schema revision: {short(exc)}") from exc
+        try:
+            conn.rollback()
+        except Exception as again:  # the connection broke on the way out: still an outage
+            if is_connection_error(again):
+                raise DatabaseUnreachable(f"database unreachable while checking the schema revision: "
+                                          f"{short(again)}") from exc
+            raise
+        # missing table or no privilege: same answer, not migrated for us
         raise SchemaMismatch(f"database has no readable alembic_version ({exc.__class__.__name__}); "
                              f"run `litellm-pglog migrate` (code head {head})") from exc
     if current != head:

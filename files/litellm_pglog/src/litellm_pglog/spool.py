@@ -5,9 +5,9 @@ record per line. Written to a dot-temp file, fsync'd, renamed, directory fsync'd
 either complete or absent. Names sort by creation time across processes, so several workers can
 share one directory and replay stays in order. A replaying process takes an exclusive,
 non-blocking flock on a segment; a segment locked by another process is skipped (that process
-is replaying it). Inserts are idempotent (ON CONFLICT (created_at, event_id) DO NOTHING, the
-key the logger gave the record at hand-off), so a crash between COMMIT and unlink only
-re-delivers rows that are then counted as duplicates.
+is replaying it). Inserts are idempotent (ON CONFLICT on the key the logger gave the record at
+hand-off, see insert.py), so a crash between COMMIT and unlink only re-delivers rows that are
+then counted as duplicates.
 
 Rejected records (PostgreSQL refused them as data) go to `rejected-<pid>.jsonl`, never
 replayed automatically, never deleted.
@@ -62,13 +62,27 @@ class Spool:
         return total
 
     def write(self, records: list[dict[str, Any]]) -> str:
-        """Durably store one batch; raises SpoolFull or OSError."""
+        """Durably store one batch as a new segment; raises SpoolFull or OSError."""
         self.ensure()
-        data = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
-        blob = data.encode("utf-8")
+        blob = _lines(records)
         if self.size_bytes() + len(blob) > self.max_bytes:
             raise SpoolFull(f"spool {self.directory} would exceed {self.max_bytes} bytes")
         name = f"{SEGMENT_PREFIX}{time.time_ns():020d}-{os.getpid()}-{next(self._seq):06d}{SEGMENT_SUFFIX}"
+        self._put(name, blob)
+        return name
+
+    def rewrite(self, name: str, records: list[dict[str, Any]]) -> None:
+        """Replace a claimed segment by the records still left of it (a replay that was cut
+        short): same name, so it keeps its place in the order. Atomic like write(): a crash
+        leaves either the old segment (its delivered rows then come back as duplicates) or
+        the new one, never a partial file."""
+        try:  # a temp file left by a crash in an earlier rewrite of this segment (we hold its lock)
+            os.unlink(os.path.join(self.directory, "." + name + ".tmp"))
+        except FileNotFoundError:
+            pass
+        self._put(name, _lines(records))
+
+    def _put(self, name: str, blob: bytes) -> None:
         tmp = os.path.join(self.directory, "." + name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -78,7 +92,6 @@ class Spool:
             os.close(fd)
         os.rename(tmp, os.path.join(self.directory, name))
         self._fsync_dir()
-        return name
 
     def _fsync_dir(self) -> None:
         dfd = os.open(self.directory, os.O_RDONLY)
@@ -138,3 +151,9 @@ class Spool:
         except FileNotFoundError:
             pass
         return n
+
+
+def _lines(records: list[dict[str, Any]]) -> bytes:
+    """One JSON object per line. The stdlib encoder on purpose: it round-trips what prepared
+    rows may hold and orjson refuses or changes (NaN, integers beyond 64 bits)."""
+    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode("utf-8")

@@ -1,157 +1,104 @@
-"""The writer thread: the only place where log records meet the database.
+"""The writer: one thread wiring the batcher, the delivery policy and the outbox together.
 
-Flow: callback -> submit() (SimpleQueue.put, no I/O) -> collector thread takes a batch (at most
-PGLOG_BATCH_SIZE records, at most PGLOG_FLUSH_MS after the first one) and prepare()s each record
--> small queue -> inserter thread (the only one touching DB and spool) -> one transaction: multi-row INSERT INTO requests ... ON CONFLICT (created_at, event_id) DO NOTHING
-RETURNING id, event_id, then the matching responses rows -> COMMIT.
+    callback --submit()--> Batcher --writer thread: next_batch(), records.prepare()-->
+        Delivery.deliver() (insert.py: one statement per batch)
+        `-- database away -> Outbox.keep() (spool, memory, drops)
 
-Database unreachable (connection-level errors): the batch is retried twice quickly, then written
-to the on-disk spool and the writer goes offline: later batches go straight to the spool, and
-every backoff interval (0.5 s doubling to 10 s) the spool is replayed in order; when that
-succeeds the writer is online again. At start the spool left by earlier runs (any pid) is
-replayed first.
+One thread, not a collector plus an inserter: on two cores with the database beside it the
+pipelining bought no throughput (bench/writer_throughput.py, same ratio), and every hand-off
+between two threads is one more GIL switch taken from the proxy's event loop.
+
+Online/offline: a batch the database could not take (after the delivery policy's retries) is
+kept in the outbox and the writer goes offline: later batches go straight to the outbox, and
+every backoff interval (0.5 s doubling to 10 s) the backlog is replayed, oldest first, by the
+same delivery policy; when all of it went in the writer is online again. At start the backlog
+left by earlier runs (any pid) is replayed first.
 
 Decisions (also in docs/FINDINGS.md):
 - Duplicates (the same record twice: same (created_at, event_id), chosen at hand-off, e.g. a
   replay after a crash between COMMIT and unlink): the first row wins, nothing is overwritten;
-  each duplicate is counted (`duplicates`) and logged as `event=duplicate` WARNING with its
-  event id. Two calls with the same LiteLLM call id are two events: both are stored.
-- Rows PostgreSQL rejects as data (not connectivity): the batch is bisected down to the bad
-  records; those go to spool/rejected-<pid>.jsonl with the error, counted as `failed`, ERROR log.
-- Spool full (PGLOG_SPOOL_MAX_MB): batches are kept in memory (counter `spool_full`, ERROR
-  `event=spool_full`) up to PGLOG_MEMORY_MAX_RECORDS; beyond that, and when the in-memory
-  queue itself exceeds that bound, records are dropped: counter `dropped`, ERROR
-  `event=dropped` with call ids. `dropped` is 0 in normal operation.
-- Shutdown (atexit, which runs after uvicorn's graceful shutdown): LiteLLM's own pending
-  logging tasks are flushed first, then the queue is written to the database until
-  PGLOG_DRAIN_TIMEOUT_S, then whatever is left goes to the spool. Records arriving after that
-  are spooled synchronously by submit().
+  each is counted (`duplicates`) and logged as `event=duplicate` WARNING with its event id.
+  Two calls with the same LiteLLM call id are two events: both are stored.
+- Rows PostgreSQL refuses as data: isolated by the delivery policy, kept in
+  spool/rejected-<pid>.jsonl with the error, counted as `failed`, ERROR `event=rejected`.
+- Memory bound: see outbox.py (spool full -> memory -> loud, counted drops); the hand-off
+  queue itself is bounded by PGLOG_MEMORY_MAX_RECORDS too (drops counted the same way).
+- A schema mismatch found while offline keeps the records in the backlog and waits 10 s.
+- Shutdown (atexit, after uvicorn's graceful shutdown): LiteLLM's own pending logging tasks
+  are flushed first (callback.py), then the queue goes to the database until
+  PGLOG_DRAIN_TIMEOUT_S, then whatever is left to the spool. Records arriving after that are
+  spooled synchronously by submit().
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import queue
 import threading
 import time
-from collections import deque
 from typing import Any
 
-import psycopg2
-import psycopg2.extras
 from sqlalchemy import Engine
 
 from . import records
+from .batcher import Batcher
 from .config import Settings
+from .dberrors import is_connection_error, short
+from .delivery import Delivery, Outcome
 from .engine import PoolStats, make_engine
 from .events import emit
+from .insert import DEDUPE_KEY, insert_batch
+from .outbox import Outbox
 from .schema import SchemaMismatch, check_revision
-from .spool import Spool, SpoolFull
+from .spool import Spool
+from .stats import COUNTERS, write_stats_file
 
-COUNTERS = ("enqueued", "written", "spooled", "replayed", "failed", "duplicates", "dropped", "spool_full")
-
-_REQ_SQL = (
-    "INSERT INTO requests (event_id, call_id, created_at, model, call_type, stream, api_key_hash, end_user, tags,"
-    " payload) VALUES %s ON CONFLICT (created_at, event_id) DO NOTHING RETURNING id, event_id::text"
-)
-_REQ_TPL = "(%s::uuid, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)"
-_RESP_SQL = (
-    "INSERT INTO responses (request_id, created_at, status, prompt_tokens, completion_tokens, total_tokens,"
-    " cost_usd, latency_ms, body) VALUES %s ON CONFLICT (request_id) DO NOTHING"
-)
-_RESP_TPL = "(%s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s::jsonb)"
-
-_CONN_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
-_RETRY_DELAYS = (0.1, 0.3)
-_BACKOFF_MIN, _BACKOFF_MAX = 0.5, 10.0
-_STOP = object()
-
-
-def insert_batch(engine: Engine, rows: list[dict[str, Any]]) -> tuple[int, list[str]]:
-    """Insert prepared rows in ONE transaction. Returns (rows written, duplicate event ids)."""
-    rows = [records.upgrade(r) for r in rows]  # spool lines of an older release
-    conn = engine.raw_connection()
-    try:
-        cur = conn.cursor()
-        returned = psycopg2.extras.execute_values(
-            cur, _REQ_SQL,
-            [(r["event_id"], r["call_id"], r["created_at"], r["model"], r["call_type"], r["stream"], r["api_key_hash"],
-              r["end_user"], r["tags"], r["payload"]) for r in rows],
-            template=_REQ_TPL, page_size=len(rows), fetch=True,
-        )
-        ids = {event_id: rid for rid, event_id in returned}
-        resp, dups, seen = [], [], set()
-        for r in rows:
-            rid = ids.get(r["event_id"])
-            if rid is None or r["event_id"] in seen:
-                dups.append(r["event_id"])
-                continue
-            seen.add(r["event_id"])
-            resp.append((rid, r["ended_at"], r["status"], r["prompt_tokens"], r["completion_tokens"],
-                         r["total_tokens"], r["cost_usd"], r["latency_ms"], r["body"]))
-        if resp:
-            psycopg2.extras.execute_values(cur, _RESP_SQL, resp, template=_RESP_TPL, page_size=len(resp))
-        conn.commit()
-        cur.close()
-        return len(resp), dups
-    except _CONN_ERRORS:
-        conn.invalidate()  # the pool must not hand this connection out again
-        raise
-    except BaseException:
-        try:
-            conn.rollback()
-        except Exception:
-            conn.invalidate()
-        raise
-    finally:
-        conn.close()
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
+_LOGGED_KEYS = 20  # duplicates logged by key per batch; the rest as a number
 
 
 class Writer:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.pool_stats = PoolStats()
-        self.engine = engine or make_engine(settings, self.pool_stats)
-        self.spool = Spool(settings.spool_dir, settings.spool_max_mb)
+        self.engine = engine or make_engine(settings, self.pool_stats, pre_ping=False)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self._q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        self._memory: deque[list[dict[str, Any]]] = deque()  # batches the full spool could not take
-        self._memory_records = 0
+        self.spool = Spool(settings.spool_dir, settings.spool_max_mb)
+        self.outbox = Outbox(self.spool, settings.memory_max_records, self.counters)
+        self.delivery = Delivery(lambda rows: insert_batch(self.engine, rows))
+        # A slow database makes the thread take batches more slowly: the backlog waits in the
+        # batcher, bounded by memory_max_records.
+        self.batcher = Batcher(settings.batch_size, settings.flush_ms / 1000.0, settings.memory_max_records)
         self._online = False
-        self._backoff = _BACKOFF_MIN
+        self._backoff = BACKOFF_MIN_S
         self._next_probe = 0.0
         self._stopping = threading.Event()
+        self._deadline = float("inf")  # of the shutdown drain
         self._stopped = False
-        self._lock = threading.Lock()  # guards the synchronous spool path after stop
-        self._threads: list[threading.Thread] = []
-        # collector -> inserter: prepared batches; small, so a slow database pushes back on the
-        # collector and the backlog stays in the SimpleQueue (bounded by memory_max_records)
-        self._prepared: "queue.Queue[Any]" = queue.Queue(maxsize=4)
+        self._lock = threading.Lock()  # the synchronous spool path after stop()
+        self._thread: threading.Thread | None = None
         self._last_stats = time.monotonic()
-        self._last_drop_log = 0.0
+        self._thread_cpu_s = 0.0  # CPU the writer thread used: what logging costs this process
 
-    # ---- producer side (event loop) -------------------------------------------------------
+    # ---- producer side (event loop): no I/O, no serialisation ------------------------------
     def submit(self, raw: dict[str, Any]) -> None:
         if self._stopped:
             self._late(raw)
-            return
-        if self._q.qsize() >= self.settings.memory_max_records:
-            self._drop([raw.get("id")], "queue above PGLOG_MEMORY_MAX_RECORDS")
-            return
-        self.counters["enqueued"] += 1
-        self._q.put(raw)
+        elif self.batcher.put(raw):
+            self.counters["enqueued"] += 1
+        else:
+            self.outbox.drop([raw.get(DEDUPE_KEY)], "queue above PGLOG_MEMORY_MAX_RECORDS")
 
     def _late(self, raw: dict[str, Any]) -> None:
-        """After shutdown drain: spool synchronously (only LiteLLM's atexit flush gets here)."""
+        """After the shutdown drain: spool synchronously (only LiteLLM's atexit flush gets here)."""
         with self._lock:
             self.counters["enqueued"] += 1
-            self._to_spool([self._prepare(raw)])
+            self.outbox.keep([self._prepare(raw)])
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Check the schema (refuse to start on mismatch), then start the thread."""
+        """Check the schema (refuse to start on a mismatch; start offline if the database is
+        away), then start the thread."""
         self.spool.ensure()
         os.makedirs(self.settings.state_dir, exist_ok=True)
         try:
@@ -162,19 +109,12 @@ class Writer:
         except SchemaMismatch as exc:
             emit("startup_refused", logging.ERROR, reason=str(exc))
             raise
-        except _CONN_ERRORS + (psycopg2.DatabaseError,) as exc:
-            emit("writer_start", logging.WARNING, online=False, reason=_short(exc))
-        except Exception as exc:  # sqlalchemy wraps DBAPI errors
-            if _is_conn_error(exc):
-                emit("writer_start", logging.WARNING, online=False, reason=_short(exc))
-            else:
+        except Exception as exc:
+            if not is_connection_error(exc):
                 raise
-        self._threads = [
-            threading.Thread(target=self._collect_loop, name="litellm-pglog-collect", daemon=True),
-            threading.Thread(target=self._insert_loop, name="litellm-pglog-insert", daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
+            emit("writer_start", logging.WARNING, online=False, reason=short(exc))
+        self._thread = threading.Thread(target=self._run, name="litellm-pglog-writer", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain to the database within the deadline, the rest to the spool. Idempotent."""
@@ -183,222 +123,141 @@ class Writer:
         timeout = self.settings.drain_timeout_s if timeout is None else timeout
         self._deadline = time.monotonic() + timeout
         self._stopping.set()
-        self._q.put(_STOP)
-        end = time.monotonic() + timeout + self.settings.connect_timeout_s + 5
-        for t in self._threads:
-            t.join(max(0.0, end - time.monotonic()))
+        self.batcher.close()
+        if self._thread is not None:
+            self._thread.join(timeout + self.settings.connect_timeout_s + 5)
         with self._lock:
             self._stopped = True
-            # only if the thread hung: spool what it did not take
-            leftovers = [self._prepare(item) for item in _drain(self._q)]
-            for prepared in _drain(self._prepared):
-                leftovers.extend(prepared)
-            if leftovers:
-                self._to_spool(leftovers)
+            # only if the thread hung (or records came in while it finished): spool what is left
+            self.outbox.keep([self._prepare(raw) for raw in self.batcher.drain()])
+            # the process is about to exit: batches the full spool left in memory die with it
+            for rows in self.outbox.held_in_memory():
+                self.outbox.drop([r.get(DEDUPE_KEY) for r in rows], "process exiting with the spool full")
         self.write_stats()
         emit("shutdown", counters=dict(self.counters), spool_segments=len(self.spool.segments()))
-
-    # ---- writer thread -------------------------------------------------------------------------
-    def _collect_loop(self) -> None:
-        """Thread 1: take records off the SimpleQueue, batch, prepare (serialise). Runs while
-        the inserter waits on the server, so serialising batch k+1 overlaps inserting batch k."""
-        while True:
-            batch, stop_seen = self._collect()
-            if batch:
-                self._prepared.put([self._prepare(r) for r in batch])
-            if stop_seen:
-                pending = _drain(self._q)
-                for i in range(0, len(pending), self.settings.batch_size):
-                    self._prepared.put([self._prepare(r) for r in pending[i:i + self.settings.batch_size]])
-                self._prepared.put(_STOP)
-                return
-
-    def _insert_loop(self) -> None:
-        """Thread 2: the only one that talks to the database and the spool."""
-        if self._online:
-            self._replay()
-        while True:
-            wait = min(self.settings.stats_interval_s, _BACKOFF_MAX if self._online else self._backoff)
-            try:
-                item = self._prepared.get(timeout=wait)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                self._drain()
-                return
-            if item:
-                if self._stopping.is_set() and time.monotonic() >= self._deadline:
-                    self._to_spool(item)
-                else:
-                    self._handle(item)
-            now = time.monotonic()
-            if not self._online and now >= self._next_probe and not self._stopping.is_set():
-                self._replay()
-            if now - self._last_stats >= self.settings.stats_interval_s:
-                self.log_stats()
-
-    def _collect(self) -> tuple[list[Any], bool]:
-        settings = self.settings
-        try:
-            first = self._q.get(timeout=1.0)
-        except queue.Empty:
-            return [], False
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        deadline = time.monotonic() + settings.flush_ms / 1000.0
-        while len(batch) < settings.batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return batch, True
-            batch.append(item)
-        return batch, False
-
-    def _drain(self) -> None:
-        """Shutdown, in the inserter after the last prepared batch: offline -> one last replay
-        attempt within the deadline; then the batches the full spool could not take."""
-        if not self._online and time.monotonic() < self._deadline:
-            self._replay()
-        while self._memory:
-            chunk = self._memory.popleft()
-            self._memory_records -= len(chunk)
-            if self._online and time.monotonic() < self._deadline:
-                self._handle(chunk)
-            else:
-                self._to_spool(chunk)
 
     def _prepare(self, raw: dict[str, Any]) -> dict[str, Any]:
         try:
             return records.prepare(raw, self.settings.max_payload_bytes)
         except Exception as exc:  # a record we cannot even serialise: keep what we can
-            emit("prepare_error", logging.ERROR, call_id=str(raw.get("id")), error=_short(exc))
+            emit("prepare_error", logging.ERROR, call_id=str(raw.get("id")), error=short(exc))
             return records.prepare({k: raw.get(k) for k in ("id", "startTime", "endTime", "status")},
                                    self.settings.max_payload_bytes)
 
-    def _handle(self, rows: list[dict[str, Any]]) -> None:
-        if not self._online:
-            self._to_spool(rows)
-            return
-        for attempt, delay in enumerate((0.0,) + _RETRY_DELAYS):
-            if delay:
-                time.sleep(delay)
-            try:
-                self._insert(rows, "written")
-                return
-            except Exception as exc:
-                if not _is_conn_error(exc):
-                    self._bisect(rows, exc)
-                    return
-                last = exc
-        self._go_offline(last)
-        self._to_spool(rows)
-
-    def _insert(self, rows: list[dict[str, Any]], counter: str) -> None:
-        written, dups = insert_batch(self.engine, rows)
-        self.counters[counter] += written
-        if dups:
-            self.counters["duplicates"] += len(dups)
-            for event_id in dups[:20]:
-                emit("duplicate", logging.WARNING, event_id=event_id, source=counter,
-                     action="kept the first row, ignored this delivery")
-            if len(dups) > 20:
-                emit("duplicate", logging.WARNING, more=len(dups) - 20, source=counter)
-
-    def _bisect(self, rows: list[dict[str, Any]], exc: Exception) -> None:
-        if len(rows) == 1:
-            self.counters["failed"] += 1
-            emit("rejected", logging.ERROR, call_id=rows[0]["call_id"], error=_short(exc),
-                 kept_in=os.path.join(self.spool.directory, f"rejected-{os.getpid()}.jsonl"))
-            self.spool.reject(rows, _short(exc))
-            return
-        mid = len(rows) // 2
-        for half in (rows[:mid], rows[mid:]):
-            try:
-                self._insert(half, "written")
-            except Exception as sub:
-                if _is_conn_error(sub):
-                    self._go_offline(sub)
-                    self._to_spool(half)
-                else:
-                    self._bisect(half, sub)
-
-    def _go_offline(self, exc: Exception) -> None:
+    # ---- the writer thread: the only one that touches the database and the spool --------------
+    def _run(self) -> None:
         if self._online:
-            emit("db_offline", logging.ERROR, error=_short(exc), action="spooling to disk")
-        self._online = False
-        self._next_probe = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+            self._guarded(self._replay)
+        while True:
+            wait = min(self.settings.stats_interval_s, BACKOFF_MAX_S if self._online else self._backoff)
+            batch, closed = self.batcher.next_batch(idle_s=wait)
+            if closed:  # stop(): everything still queued, then the shutdown drain
+                batch += self.batcher.drain()
+            size = self.settings.batch_size
+            for i in range(0, len(batch), size):
+                rows = [self._prepare(raw) for raw in batch[i:i + size]]
+                if not self._online or (self._stopping.is_set() and time.monotonic() >= self._deadline):
+                    self._guarded(self.outbox.keep, rows)
+                else:
+                    self._guarded(self._deliver, rows)
+            if closed:
+                self._guarded(self._drain)
+                self._thread_cpu_s = time.thread_time()
+                return
+            self._thread_cpu_s = time.thread_time()
+            now = time.monotonic()
+            if not self._online and now >= self._next_probe and not self._stopping.is_set():
+                self._guarded(self._replay)
+            if now - self._last_stats >= self.settings.stats_interval_s:
+                self.log_stats()
 
-    def _to_spool(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
+    def _guarded(self, step: Any, rows: list[dict[str, Any]] | None = None) -> None:
+        """Run one step of the writer thread; an unexpected error (a bug, a full disk in an
+        odd place) must not end the thread silently: log it, keep the rows in hand in the
+        outbox, go offline so the backlog is retried after the backoff."""
         try:
-            self.spool.write(rows)
-            self.counters["spooled"] += len(rows)
-            return
-        except SpoolFull as exc:
-            reason = str(exc)
-        except OSError as exc:
-            reason = f"spool write failed: {exc}"
-        if self._memory_records + len(rows) <= self.settings.memory_max_records:
-            self._memory.append(rows)
-            self._memory_records += len(rows)
-            self.counters["spool_full"] += len(rows)
-            emit("spool_full", logging.ERROR, reason=reason, held_in_memory=self._memory_records)
-        else:
-            self._drop([r["call_id"] for r in rows], reason + "; memory bound reached")
+            step() if rows is None else step(rows)
+        except Exception as exc:
+            emit("writer_error", logging.ERROR, step=getattr(step, "__name__", str(step)), error=short(exc))
+            if rows:
+                self.outbox.keep(rows)
+            self._go_offline(exc)
 
-    def _drop(self, call_ids: list[Any], reason: str) -> None:
-        self.counters["dropped"] += len(call_ids)
-        emit("dropped", logging.ERROR, count=len(call_ids), total_dropped=self.counters["dropped"],
-             reason=reason, call_ids=[str(c) for c in call_ids[:50]])
+    def _deliver(self, rows: list[dict[str, Any]]) -> None:
+        outcome = self.delivery.deliver(rows)
+        self._account(outcome, "written")
+        if outcome.undelivered:
+            self._go_offline(outcome.error)
+            self.outbox.keep(outcome.undelivered)
 
     def _replay(self) -> bool:
-        """Replay all spool segments (ours and other processes'), oldest first, then the in-memory
-        overflow. True if everything went in; on a connection error go (stay) offline."""
+        """Deliver the backlog, oldest first. True if all of it went in (the writer is online)."""
         try:
             if not self._online:
                 with self.engine.connect() as conn:
                     check_revision(conn)
-            for name in self.spool.segments():
-                with self.spool.claim(name) as rows:
-                    if rows is None:
-                        continue
-                    if rows:
-                        self._insert_or_bisect(rows)
-                    self.spool.remove(name)
-            while self._memory:
-                chunk = self._memory[0]
-                self._insert_or_bisect(chunk)
-                self._memory.popleft()
-                self._memory_records -= len(chunk)
         except SchemaMismatch as exc:
             emit("schema_mismatch", logging.ERROR, error=str(exc), action="keeping records in the spool")
             self._online = False
-            self._next_probe = time.monotonic() + _BACKOFF_MAX
+            self._next_probe = time.monotonic() + BACKOFF_MAX_S
             return False
         except Exception as exc:
-            if not _is_conn_error(exc):
+            if not is_connection_error(exc):
                 raise
             self._go_offline(exc)
             return False
+        backlog = self.outbox.backlog()
+        try:
+            for pending in backlog:
+                outcome = self.delivery.deliver(pending.rows)
+                self._account(outcome, "replayed")
+                if outcome.undelivered:
+                    pending.keep(outcome.undelivered)
+                    self._go_offline(outcome.error)
+                    return False
+                pending.done()
+        finally:
+            backlog.close()  # releases the lock of a segment we stopped in
         if not self._online:
             emit("db_online", replayed=self.counters["replayed"])
         self._online = True
-        self._backoff = _BACKOFF_MIN
+        self._backoff = BACKOFF_MIN_S
         return True
 
-    def _insert_or_bisect(self, rows: list[dict[str, Any]]) -> None:
-        try:
-            self._insert(rows, "replayed")
-        except Exception as exc:
-            if _is_conn_error(exc):
-                raise
-            self._bisect(rows, exc)
+    def _drain(self) -> None:
+        """Shutdown, after the last queued batch: if offline, one last replay within the
+        deadline; then the batches held in memory go to the database or the spool."""
+        if not self._online and time.monotonic() < self._deadline:
+            self._replay()
+        for rows in self.outbox.held_in_memory():
+            if self._online and time.monotonic() < self._deadline:
+                self._deliver(rows)
+            else:
+                self.outbox.keep(rows)
+
+    def _account(self, outcome: Outcome, source: str) -> None:
+        """Counters and log lines of one delivery; rejected rows to the rejected file."""
+        self.counters[source] += outcome.written
+        if outcome.duplicates:
+            self.counters["duplicates"] += len(outcome.duplicates)
+            for key in outcome.duplicates[:_LOGGED_KEYS]:
+                emit("duplicate", logging.WARNING, event_id=key, source=source,
+                     action="kept the first row, ignored this delivery")
+            if len(outcome.duplicates) > _LOGGED_KEYS:
+                emit("duplicate", logging.WARNING, more=len(outcome.duplicates) - _LOGGED_KEYS, source=source)
+        if outcome.rejected:
+            kept = self.outbox.reject(outcome.rejected)  # kept first, counted after: no count runs ahead
+            kept_in = os.path.join(self.spool.directory, f"rejected-{os.getpid()}.jsonl")
+            for row, error in outcome.rejected:
+                emit("rejected", logging.ERROR, event_id=row.get(DEDUPE_KEY), call_id=row.get("call_id"), error=error, kept_in=kept_in)
+            self.counters["failed"] += kept
+
+    def _go_offline(self, exc: BaseException | None) -> None:
+        if self._online:
+            emit("db_offline", logging.ERROR, error=short(exc) if exc else "", action="spooling to disk")
+        self._online = False
+        self._next_probe = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
 
     # ---- statistics ------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -408,9 +267,10 @@ class Writer:
             "online": self._online,
             "counters": dict(self.counters),
             "pool": self.pool_stats.snapshot(self.engine),
-            "queue_depth": self._q.qsize(),
-            "memory_records": self._memory_records,
+            "queue_depth": self.batcher.depth(),
+            "memory_records": self.outbox.memory_records,
             "spool_segments": len(self.spool.segments()),
+            "writer_thread_cpu_s": round(self._thread_cpu_s, 3),
         }
 
     def log_stats(self) -> None:
@@ -420,39 +280,4 @@ class Writer:
         self.write_stats(snap)
 
     def write_stats(self, snap: dict[str, Any] | None = None) -> None:
-        snap = snap or self.snapshot()
-        path = os.path.join(self.settings.state_dir, f"stats-{os.getpid()}.json")
-        try:
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(snap, fh, sort_keys=True)
-            os.replace(tmp, path)
-        except OSError as exc:
-            emit("stats_write_failed", logging.WARNING, path=path, error=str(exc))
-
-
-def _drain(q: Any) -> list[Any]:
-    """Everything a queue holds right now, without blocking and without _STOP markers."""
-    items = []
-    while True:
-        try:
-            item = q.get_nowait()
-        except queue.Empty:
-            return items
-        if item is not _STOP:
-            items.append(item)
-
-
-def _is_conn_error(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None)
-    if isinstance(exc, _CONN_ERRORS) or isinstance(orig, _CONN_ERRORS):
-        return True
-    if getattr(exc, "connection_invalidated", False):
-        return True
-    return False
-
-
-def _short(exc: BaseException) -> str:
-    return f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
-
-
+        write_stats_file(self.settings.state_dir, snap or self.snapshot())
