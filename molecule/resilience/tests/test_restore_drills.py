@@ -6,7 +6,7 @@ generator and helpers, and print ONE JSON line each (also appended to $PGLOG_LAB
   8 pitr        note T, keep logging, `playbooks/restore.yml` to T into a scratch cluster
                 (17/restore, port 5433, on the db host); the restored rows equal the live rows
                 committed at or before T (count and md5 of the ids, both tables), 0 orphans.
-  9 host_lost   `podman rm -f` of the db container under load, a fresh container with the same
+  9 host_lost   (only with PGLOG_DRILL_HOST_LOST=1: ~10 min) `podman rm -f` of the db container under load, a fresh container with the same
                 name and address, `playbooks/restore.yml` into place (latest); every row committed
                 more than archive_timeout before the loss is back; the gap is measured.
 
@@ -49,6 +49,10 @@ SCRATCH = PGB["pgbackrest_restore_scratch_cluster"]
 PG_VERSION = str(bedlib.role_defaults("postgresql")["postgresql_version"])
 ARCHIVE_TIMEOUT = int(inventory_vars(DB).get("pgbackrest_archive_timeout", PGB["pgbackrest_archive_timeout"]))
 RATE = float(os.environ.get("PGLOG_DRILL_RATE", "4"))
+# Drill 9 builds a fresh database host (container, prepare, the database tier's roles,
+# restore): ~8-10 min on this 2-core machine, over the share of `make test` the backup
+# tier has (+5 min). It runs on request: PGLOG_DRILL_HOST_LOST=1 molecule verify -s resilience.
+HOST_LOST = os.environ.get("PGLOG_DRILL_HOST_LOST", "") == "1"
 
 IDS = ("SELECT count(*), md5(coalesce(string_agg(id::text, ',' ORDER BY id), ''))"
        " FROM {table} WHERE {where}")
@@ -199,6 +203,7 @@ def committed_rows(after: dict[str, int]) -> dict[tuple[str, int], float]:
     return out
 
 
+@pytest.mark.skipif(not HOST_LOST, reason="drill 9 (~10 min) runs with PGLOG_DRILL_HOST_LOST=1; over make test's budget")
 def test_drill9_db_host_destroyed_restore_latest_onto_a_fresh_host():
     image = bedlib.bed_image()
     tag = run_tag("hostlost")
