@@ -96,6 +96,19 @@ def restore_bed():
                        capture_output=True)
 
 
+# --- the play's safety check ------------------------------------------------------------------
+
+def test_restore_into_place_refuses_a_running_primary():
+    """Without pgbackrest_restore_overwrite_running the play refuses to restore over the running
+    primary, and no host changes anything (the repository host starts no check or backup)."""
+    rc, out = run_playbook("playbooks/restore.yml", "-e", "pgbackrest_restore_into=place", timeout=600)
+    assert rc != 0 and "as the PRIMARY" in out and "pgbackrest_restore_overwrite_running=true" in out, out[-3000:]
+    for host in (DB, REPO):
+        assert bedlib.play_recap(out, host)["changed"] == 0, out[-3000:]
+    assert "Restore 3/5" not in out and "Restore 5/5" not in out, out[-3000:]
+    assert sh(DB, f"systemctl is-active {PG_UNIT}", check=False).stdout.strip() == "active"
+
+
 # --- drill 8: to a point in time, into a scratch cluster ----------------------------------
 
 def test_drill8_pitr_to_a_time_into_a_scratch_cluster():
