@@ -118,6 +118,53 @@ def auth(**over) -> dict:
     return d
 
 
+NOW = 1796000000  # collected_at of the fabricated runs (a Wednesday, 2026-11-25)
+
+
+def _calendar(first: int, step: int, n: int = 12) -> str:
+    """`TZ=UTC systemd-analyze calendar --iterations=n` output for elapses first + k*step."""
+    import datetime as dt
+    stamp = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%a %Y-%m-%d %H:%M:%S UTC")  # noqa: E731
+    lines = ["  Original form: x", "Normalized form: x", f"    Next elapse: {stamp(first)}", "       From now: soon"]
+    lines += [f"   Iteration #{k + 1}: {stamp(first + k * step)}" for k in range(1, n)]
+    return "\n".join(lines) + "\n"
+
+
+def backup_info(backups=None, status=0, check_rc=0, timers=None, archiver=None, **over) -> dict:
+    """pgbackrest_info.json of a healthy deployment: a full 2 days old, a diff 3 h old,
+    weekly full + daily diff timers (10 min randomized delay), check passed."""
+    if backups is None:
+        backups = [{"label": "20261123-011500F", "type": "full", "error": False,
+                    "timestamp": {"start": NOW - 2 * 86400 - 60, "stop": NOW - 2 * 86400}},
+                   {"label": "20261123-011500F_20261125-011500D", "type": "diff", "error": False,
+                    "timestamp": {"start": NOW - 3 * 3600 - 30, "stop": NOW - 3 * 3600}}]
+    day, week = 86400, 7 * 86400
+    if timers is None:
+        timers = [
+            {"type": "full", "unit": "pgbackrest-backup-full.timer",
+             "show": {"ActiveState": "active", "UnitFileState": "enabled", "RandomizedDelayUSec": "10min",
+                      "TimersCalendar": "{ OnCalendar=Sun *-*-* 01:15:00 ; next_elapse=... }"},
+             "calendar_analysis": _calendar(NOW + 4 * day, week)},
+            # Mon..Sat: a 48 h gap over Sunday on its own; the full fills it
+            {"type": "diff", "unit": "pgbackrest-backup-diff.timer",
+             "show": {"ActiveState": "active", "UnitFileState": "enabled", "RandomizedDelayUSec": "10min",
+                      "TimersCalendar": "{ OnCalendar=Mon..Sat *-*-* 01:15:00 ; next_elapse=... }"},
+             "calendar_analysis": "\n".join(_calendar(NOW + d * day, week, 3) for d in (1, 2, 3, 5, 6, 7))},
+        ]
+    d = {"repository_hosts": ["gateway"], "host": "gateway", "stanza": "pglog", "collected_at": NOW,
+         "grace_s": 7200, "info_rc": 0, "info_stderr": "",
+         "info": [{"name": "pglog", "status": {"code": status, "message": "ok" if status == 0 else "error"},
+                   "backup": backups, "cipher": "aes-256-cbc"}],
+         "check": {"rc": check_rc, "output": "" if check_rc == 0 else "ERROR: [082]: WAL segment was not archived"},
+         "timers": timers,
+         "archiver": archiver if archiver is not None else {
+             "archive_mode": "on", "archived_count": 42, "failed_count": 0, "last_archived_wal": "000000010000000000000042",
+             "last_archived_epoch": NOW - 30, "last_failed_wal": None, "last_failed_epoch": None},
+         "archiver_error": ""}
+    d.update(over)
+    return d
+
+
 def make_run(tmp_path: Path, **files) -> Path:
     run = tmp_path / "run"
     run.mkdir(parents=True)
@@ -134,6 +181,7 @@ def make_run(tmp_path: Path, **files) -> Path:
         "db_auth_check.json": auth(),
         "config.redacted.yaml": "general_settings:\n  master_key: os.environ/LITELLM_MASTER_KEY\n",
         "run.json": manifest(),
+        "pgbackrest_info.json": backup_info(),
     }
     content.update(files)
     for name, value in content.items():
@@ -149,7 +197,7 @@ def results(run: Path, secrets=SECRETS) -> dict[str, str]:
 
 
 ALL = ["gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "gateway_https", "request_rows",
-       "response_rows", "join_integrity", "logging_delay", "pool_reuse", "no_secrets"]
+       "response_rows", "join_integrity", "logging_delay", "pool_reuse", "backup_pitr", "no_secrets"]
 
 
 def only_failed(res: dict[str, str]) -> set[str]:
@@ -563,3 +611,103 @@ def test_stale_summary_holding_a_secret_is_replaced(tmp_path, monkeypatch, capsy
     assert json.loads(capsys.readouterr().out)["verdict"] == "PASS"
     for p in run.iterdir():
         assert SECRETS[0] not in p.read_text()
+
+
+# ------------------------------------------------------------------ backups (backup_pitr)
+
+def _backup_crit(tmp_path, info) -> verdict.Criterion:
+    run = make_run(tmp_path, **{"pgbackrest_info.json": info})
+    assert only_failed(results(run)) <= {"backup_pitr"}
+    return next(c for c in verdict.compute(run, SECRETS) if c.name == "backup_pitr")
+
+
+def test_healthy_backups_pass_with_their_figures(tmp_path):
+    crit = _backup_crit(tmp_path, backup_info())
+    assert crit.result == "PASS", crit.figure
+    # the diff is 3 h old; the union of both timers has a 24 h longest gap (+10 min delay, +2 h grace)
+    assert "newest backup 20261123-011500F_20261125-011500D (diff) 3.0 h old, allowed 26.2 h" in crit.figure
+    assert "newest full 48.0 h old, allowed 170.2 h" in crit.figure
+    assert "pgbackrest check passed" in crit.figure
+
+
+def _aged(diff_age_h: float, full_age_h: float) -> list[dict]:
+    return [{"label": "F", "type": "full", "error": False,
+             "timestamp": {"start": NOW - full_age_h * 3600 - 1, "stop": NOW - full_age_h * 3600}},
+            {"label": "F_D", "type": "diff", "error": False,
+             "timestamp": {"start": NOW - diff_age_h * 3600 - 1, "stop": NOW - diff_age_h * 3600}}]
+
+
+@pytest.mark.parametrize("info,why", [
+    # the daily schedule missed a day: newest backup 27 h old (allowed 26.2 h)
+    (backup_info(backups=_aged(27, 48)), "newest backup F_D (diff) 27.0 h old, allowed 26.2 h"),
+    # diffs run, but the weekly full did not: 8 days old (allowed 7 d + 2 h 10 min)
+    (backup_info(backups=_aged(3, 8 * 24)), "newest full 192.0 h old, allowed 170.2 h"),
+    (backup_info(backups=[{**b, "error": True} for b in _aged(3, 48)]), "no valid backup"),
+    (backup_info(backups=[]), "no valid backup"),
+    (backup_info(status=99), "stanza status 99"),
+    (backup_info(check_rc=82), "pgbackrest check failed (exit 82): ERROR: [082]"),
+    (backup_info(archiver={"archive_mode": "on", "archived_count": 42, "failed_count": 3,
+                           "last_archived_epoch": NOW - 600, "last_failed_epoch": NOW - 20,
+                           "last_failed_wal": "000000010000000000000043"}), "the archiver's last attempt failed"),
+    (backup_info(archiver={"archive_mode": "off", "archived_count": 0, "failed_count": 0}), "archive_mode is 'off'"),
+    (backup_info(archiver={}, archiver_error="connection refused"), "pg_stat_archiver not read: connection refused"),
+    (backup_info(info=None, info_rc=1, info_stderr="HostConnectError"), "pgbackrest info gave no stanza"),
+    (backup_info(collected_at=None), "no collected_at"),
+    ({"repository_hosts": [], "error": "no host in group pgbackrest_repo: no backups are configured"},
+     "no backups are configured"),
+    ({"repository_hosts": ["gateway"], "error": "no data from the repository host"}, "no data from the repository host"),
+])
+def test_each_backup_defect_fails_backup_pitr(tmp_path, info, why):
+    crit = _backup_crit(tmp_path, info)
+    assert crit.result == "FAIL" and why in crit.figure, crit.figure
+
+
+def test_stopped_or_disabled_timer_fails(tmp_path):
+    info = backup_info()
+    info["timers"][1]["show"]["ActiveState"] = "inactive"
+    crit = _backup_crit(tmp_path, info)
+    assert crit.result == "FAIL" and "timer pgbackrest-backup-diff.timer: inactive/enabled" in crit.figure
+
+
+def test_unreadable_schedule_fails(tmp_path):
+    info = backup_info()
+    info["timers"][0]["calendar_analysis"] = "Failed to parse calendar specification"
+    crit = _backup_crit(tmp_path, info)
+    assert crit.result == "FAIL" and "no schedule read" in crit.figure and "no full backup timer" in crit.figure
+
+
+def test_the_allowed_age_follows_the_schedule(tmp_path):
+    """The same 27 h old backup passes when the timers only ask for one every two days."""
+    info = backup_info(backups=_aged(27, 48))
+    info["timers"][1]["calendar_analysis"] = _calendar(NOW + 86400, 2 * 86400)
+    crit = _backup_crit(tmp_path, info)
+    assert crit.result == "PASS", crit.figure
+
+
+def test_an_old_failure_before_the_last_success_passes(tmp_path):
+    arch = {"archive_mode": "on", "archived_count": 42, "failed_count": 1, "last_archived_epoch": NOW - 30,
+            "last_archived_wal": "000000010000000000000042", "last_failed_epoch": NOW - 3600,
+            "last_failed_wal": "000000010000000000000030"}
+    assert _backup_crit(tmp_path, backup_info(archiver=arch)).result == "PASS"
+
+
+def test_missing_backup_file_fails_only_backup_pitr(tmp_path):
+    assert only_failed(results(make_run(tmp_path, **{"pgbackrest_info.json": None}))) == {"backup_pitr"}
+
+
+def test_evidence_writer_renders_the_backup_files(tmp_path):
+    timers = [{"type": "full", "unit": "pgbackrest-backup-full.timer",
+               "show": "Id=pgbackrest-backup-full.timer\nActiveState=active\nUnitFileState=enabled\n",
+               "calendar": _calendar(NOW + 86400, 7 * 86400)}]
+    backup = {"host": "gateway", "stanza": "pglog", "collected_at": f"{NOW}\n", "grace_s": 7200,
+              "info_json": {"cmd": ["pgbackrest"], "rc": 0, "stderr": "",
+                            "stdout": json.dumps(backup_info()["info"])},
+              "info_text": {"cmd": ["pgbackrest", "info"], "rc": 0, "stdout": "stanza: pglog\n    status: ok", "stderr": ""},
+              "check": {"cmd": ["pgbackrest", "check"], "rc": 0, "stdout": "", "stderr": ""},
+              "timers": timers, "archiver": {"archive_mode": "on"}, "archiver_error": ""}
+    data = write_evidence.backup_json(backup, ["gateway"])
+    assert data["collected_at"] == NOW and data["info"][0]["name"] == "pglog"
+    assert data["timers"][0]["show"]["ActiveState"] == "active" and len(verdict.elapses(data["timers"][0]["calendar_analysis"])) == 12
+    text = write_evidence.backup_text(backup, ["gateway"])
+    assert "status: ok" in text and "### timer type=full" in text
+    assert write_evidence.backup_json(None, [])["error"].startswith("no host in group pgbackrest_repo")

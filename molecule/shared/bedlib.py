@@ -91,6 +91,7 @@ def lab_secrets() -> dict[str, str]:
         "pglog_owner_password": lab_secret("pglog_owner_password"),
         "pglog_writer_password": lab_secret("pglog_writer_password"),
         "upstream_stub_api_key": lab_secret("upstream_stub_api_key"),
+        "pglog_backup_passphrase": lab_secret("pglog_backup_passphrase"),
     }
 
 

@@ -11,9 +11,10 @@ testinfra_hosts = podman_hosts_in("all")
 # comes from the inventory, else from the role's defaults; nothing else may
 # listen (any address).
 SERVICE_PORTS = {
-    "postgresql": ("postgresql", "postgresql_port"),
-    "litellm_gateway": ("litellm_gateway", "litellm_gateway_port"),
-    "upstream_stub": ("upstream_stub", "upstream_stub_port"),
+    "postgresql": [("postgresql", "postgresql_port"), ("pgbackrest", "pgbackrest_tls_port")],
+    "litellm_gateway": [("litellm_gateway", "litellm_gateway_port")],
+    "upstream_stub": [("upstream_stub", "upstream_stub_port")],
+    "pgbackrest_repo": [("pgbackrest", "pgbackrest_tls_port")],
 }
 
 
@@ -21,10 +22,10 @@ def allowed_tcp_ports(name, groups):
     hostvars = inventory_vars(name)
     ports = set()
     for group in groups & SERVICE_PORTS.keys():
-        role, var = SERVICE_PORTS[group]
-        value = hostvars.get(var, role_defaults(role).get(var))
-        if value is not None:
-            ports.add(int(value))
+        for role, var in SERVICE_PORTS[group]:
+            value = hostvars.get(var, role_defaults(role).get(var))
+            if value is not None:
+                ports.add(int(value))
     return ports
 
 

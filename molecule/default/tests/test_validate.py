@@ -36,10 +36,11 @@ from bedlib import (
 
 CONTRACT = json.loads((PROJECT / "roles" / "validate" / "files" / "contract.json").read_text())
 EVIDENCE_FILES = [*CONTRACT["evidence_files"]["card"], *CONTRACT["evidence_files"]["config"],
-                  *CONTRACT["evidence_files"]["verdict"], CONTRACT["manifest"]]
+                  *CONTRACT["evidence_files"]["verdict"], CONTRACT["manifest"],
+                  *CONTRACT["evidence_files"]["judged"], *CONTRACT["evidence_files"]["extra"]]
 CRITERIA = {
     "gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "gateway_https", "request_rows",
-    "response_rows", "join_integrity", "logging_delay", "pool_reuse", "no_secrets",
+    "response_rows", "join_integrity", "logging_delay", "pool_reuse", "backup_pitr", "no_secrets",
 }
 CONFIG = GATEWAY_CONFIG
 PG_HBA = f"{PG_CONF_DIR}/pg_hba.conf"

@@ -91,23 +91,27 @@ def run_tag(name: str) -> str:
 
 
 class Load:
-    """The load generator running on the db container (podman exec in the background)."""
+    """The load generator running on the db container (podman exec in the background), or on
+    `host` (a drill that destroys the db container runs it on the gateway host)."""
 
-    def __init__(self, tag: str, duration: float, count: int, rate: float = RATE, **opts: object) -> None:
-        self.tag = tag
+    def __init__(self, tag: str, duration: float, count: int, rate: float = RATE, host: str = DB,
+                 url: str | None = None, **opts: object) -> None:
+        self.tag, self.host = tag, host
         self.limit = duration + 90  # bounded: duration + the last calls' timeout + slack
-        args = ["--url", f"{GATEWAY_SCHEME}://{GW_ADDR}:{port()}/v1/chat/completions", "--key-file", KEY_FILE,
-                "--ca-file", CLIENT_CA,
+        url = url or f"{GATEWAY_SCHEME}://{GW_ADDR}:{port()}/v1/chat/completions"
+        if url.startswith("https:"):
+            bedlib.install_ca(host)  # idempotent; the load generator verifies the gateway's certificate
+        args = ["--url", url, "--key-file", KEY_FILE, "--ca-file", CLIENT_CA,
                 "--model", model(), "--tag", tag, "--rate", str(rate), "--duration", str(duration),
                 "--count", str(count), "--stop-file", STOP_FILE, "--timeout", "30"]
         for k, v in opts.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
-        sh(DB, f"rm -f {STOP_FILE}")
-        self.proc = subprocess.Popen(["podman", "exec", DB, "python3", LOADGEN, *args],
+        sh(host, f"rm -f {STOP_FILE}")
+        self.proc = subprocess.Popen(["podman", "exec", host, "python3", LOADGEN, *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def stop(self) -> None:
-        sh(DB, f"touch {STOP_FILE}")
+        sh(self.host, f"touch {STOP_FILE}")
 
     def wait(self) -> tuple[dict, list[dict]]:
         try:

@@ -20,6 +20,8 @@ SECRET_MIN_LENGTH: int = int(_DATA["secret_min_length"])
 MANIFEST: str = _DATA["manifest"]
 CARD_FILES: tuple[str, ...] = tuple(_DATA["evidence_files"]["card"])
 JUDGED_FILES: tuple[str, ...] = tuple(_DATA["evidence_files"]["judged"])
+# human-readable companions of judged files (never judged themselves)
+EXTRA_FILES: tuple[str, ...] = tuple(_DATA["evidence_files"]["extra"])
 CONFIG_FILES: tuple[str, ...] = tuple(_DATA["evidence_files"]["config"])
 VERDICT_FILES: tuple[str, ...] = tuple(_DATA["evidence_files"]["verdict"])
 

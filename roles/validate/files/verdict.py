@@ -24,6 +24,8 @@ Inputs (written by validate.yml; names and line format from contract.json):
   requests_head.json, responses_head.json, join_check.json  the same with --json (what is judged):
                           the run = rows of the run's tag made with the play's own key
   db_auth_check.json      pg_hba rules, the writer's verifier type, TLS of the writer's backends
+  pgbackrest_info.json    pgbackrest info (JSON) and check, the backup timers and their next
+                          elapses, pg_stat_archiver of the first database host
 Known secret values (to prove none is in the evidence) come on stdin as
 {"secrets": [...]} (--secrets-on-stdin), never on the command line. The secret search runs
 over every file of DIR, SUMMARY.md and summary.json included (after they are written).
@@ -506,6 +508,141 @@ def check_secrets(run_dir: Path, secrets: list[str]) -> Criterion:
     return Criterion("no_secrets", SECRETS_TITLE, not hits, figure, "every file")
 
 
+_SPAN_UNITS = {"us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "s": 1, "sec": 1, "second": 1, "seconds": 1,
+               "min": 60, "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
+               "d": 86400, "day": 86400, "days": 86400, "w": 604800, "week": 604800, "weeks": 604800}
+
+
+def timespan_s(text: str | None) -> float | None:
+    """A systemd time span as `systemctl show` prints it ("10min", "1h 30min", "0") in seconds."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text in ("0", ""):
+        return 0.0
+    total, pos = 0.0, 0
+    for m in re.finditer(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]+)", text):
+        if m.start() != pos or m.group(2) not in _SPAN_UNITS:
+            return None
+        total += float(m.group(1)) * _SPAN_UNITS[m.group(2)]
+        pos = m.end()
+    return total if pos == len(text) else None
+
+
+_ELAPSE = re.compile(r"^\s*(?:Next elapse|Iteration #\d+):\s+\w+ (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) UTC\s*$", re.M)
+
+
+def elapses(analysis: str | None) -> list[float]:
+    """Epoch seconds of the elapses `TZ=UTC systemd-analyze calendar --iterations=N` listed."""
+    out = []
+    for m in _ELAPSE.finditer(analysis or ""):
+        stamp = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.timezone.utc)
+        out.append(stamp.timestamp())
+    return sorted(set(out))
+
+
+def longest_gap(times: list[float]) -> float | None:
+    return max((b - a for a, b in zip(times, times[1:])), default=None)
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def check_backup(run_dir: Path) -> Criterion:
+    """The backups serve point-in-time recovery: pgBackRest reads its repository (status 0),
+    the newest valid backup is younger than the backup timers' longest gap allows, the newest
+    full younger than the full timer's (each plus the randomized delay and the grace a backup
+    may take), the timers are active, and archiving works: `pgbackrest check` passed (a WAL
+    switch reached the repository) and PostgreSQL's archiver has not failed since its last
+    success."""
+    title = "Last backup younger than its schedule allows, archive working (pgBackRest)"
+    src = "pgbackrest_info.json"
+    data = _obj(run_dir, src)
+    if data is None:
+        return Criterion("backup_pitr", title, False, f"{src} missing or unreadable", src)
+    if data.get("error"):
+        return Criterion("backup_pitr", title, False, str(data["error"]), src)
+    problems, facts = [], []
+    stanza_name = data.get("stanza")
+    info = data.get("info") if isinstance(data.get("info"), list) else []
+    stanza = next((e for e in info if isinstance(e, dict) and e.get("name") == stanza_name), None)
+    now = as_float(data.get("collected_at"))
+    grace = as_float(data.get("grace_s")) or 0.0
+    if stanza is None:
+        problems.append(f"pgbackrest info gave no stanza {stanza_name!r} (exit {data.get('info_rc')}:"
+                        f" {str(data.get('info_stderr'))[:200]})")
+        stanza = {}
+    status = stanza.get("status") or {}
+    if stanza and status.get("code") != 0:
+        problems.append(f"stanza status {status.get('code')}: {status.get('message')}")
+    backups = [b for b in stanza.get("backup") or []
+               if isinstance(b, dict) and not b.get("error") and as_float((b.get("timestamp") or {}).get("stop"))]
+    if stanza and not backups:
+        problems.append("no valid backup in the repository")
+    if now is None:
+        problems.append("no collected_at: the ages cannot be computed")
+
+    # the schedules: the longest gap between consecutive elapses, per type and all together
+    timers = [t for t in data.get("timers") or [] if isinstance(t, dict)]
+    runs: dict[str, list[float]] = {}
+    delay = 0.0
+    for t in timers:
+        show = t.get("show") or {}
+        kind, unit = t.get("type"), t.get("unit")
+        if show.get("ActiveState") != "active" or show.get("UnitFileState") != "enabled":
+            problems.append(f"timer {unit}: {show.get('ActiveState')}/{show.get('UnitFileState')}")
+        when = elapses(t.get("calendar_analysis"))
+        if len(when) < 2:
+            problems.append(f"timer {unit}: no schedule read (calendar {show.get('TimersCalendar')!r})")
+            continue
+        runs[str(kind)] = when
+        delay = max(delay, timespan_s(show.get("RandomizedDelayUSec")) or 0.0)
+    if "full" not in runs:
+        problems.append("no full backup timer")
+    if runs and now is not None and backups:
+        # all timers together, up to where every timer's list still reaches
+        horizon = min(max(w) for w in runs.values())
+        union = sorted({x for w in runs.values() for x in w if x <= horizon})
+        allowed_any = (longest_gap(union) or longest_gap(runs.get("full", []) or [0, 0]) or 0) + delay + grace
+        newest = max(backups, key=lambda b: b["timestamp"]["stop"])
+        age_any = now - float(newest["timestamp"]["stop"])
+        line = (f"newest backup {newest.get('label')} ({newest.get('type')}) {_age(age_any)} old,"
+                f" allowed {_age(allowed_any)}")
+        (facts if age_any <= allowed_any else problems).append(line)
+        if "full" in runs:
+            fulls = [b for b in backups if b.get("type") == "full"]
+            allowed_full = (longest_gap(runs["full"]) or 0) + delay + grace
+            if not fulls:
+                problems.append("no valid full backup")
+            else:
+                age_full = now - max(float(b["timestamp"]["stop"]) for b in fulls)
+                line = f"newest full {_age(age_full)} old, allowed {_age(allowed_full)}"
+                (facts if age_full <= allowed_full else problems).append(line)
+
+    # archiving
+    check = data.get("check") or {}
+    if check.get("rc") != 0:
+        out = str(check.get("output") or "").strip().splitlines()
+        problems.append(f"pgbackrest check failed (exit {check.get('rc')}): {(out or ['no output'])[-1][:300]}")
+    else:
+        facts.append("pgbackrest check passed (a WAL switch reached the repository)")
+    arch = data.get("archiver") if isinstance(data.get("archiver"), dict) else {}
+    if not arch:
+        problems.append(f"pg_stat_archiver not read: {data.get('archiver_error') or 'no data'}")
+    else:
+        if arch.get("archive_mode") != "on":
+            problems.append(f"archive_mode is {arch.get('archive_mode')!r}")
+        failed_at, archived_at = as_float(arch.get("last_failed_epoch")), as_float(arch.get("last_archived_epoch"))
+        if failed_at is not None and (archived_at is None or failed_at >= archived_at):
+            problems.append(f"the archiver's last attempt failed ({arch.get('last_failed_wal')}; "
+                            f"{arch.get('failed_count')} failures so far)")
+        else:
+            facts.append(f"archiver: {arch.get('archived_count')} archived, last {arch.get('last_archived_wal')},"
+                         f" {arch.get('failed_count')} failed before the last success")
+    return Criterion("backup_pitr", title, not problems, "; ".join(problems + facts), src)
+
+
 # ------------------------------------------------------------------- output
 
 @dataclass
@@ -555,6 +692,7 @@ def compute(run_dir: Path, secrets: list[str]) -> list[Criterion]:
     crits += check_rows(run_dir, m.expected_calls)
     crits.append(check_delay(run_dir, m.max_logging_delay_ms))
     crits.append(check_pool(run_dir))
+    crits.append(check_backup(run_dir))
     crits.append(check_secrets(run_dir, secrets))
     return crits
 

@@ -11,14 +11,18 @@ Ansible shows at high verbosity) and the raw results of the collecting tasks:
    "units": {group: unit}, "expected_units": {host: [unit, ...]}, "gateway_https": bool,
    "hosts": {host: {"groups": [...], "units": [...], "show": [cmdres], "status": [cmdres],
                     "journal": cmdres | null, "since": str, "connect_check": cmdres | null} | null},
-   "chat": cmdres, "cli": {name: cmdres}, "db_auth": {...}, "config": str}
+   "chat": cmdres, "cli": {name: cmdres}, "db_auth": {...}, "config": str,
+   "backup": {"host", "stanza", "collected_at", "grace_s", "info_json": cmdres, "info_text": cmdres,
+              "check": cmdres, "timers": [{"type", "unit", "show", "calendar"}], "archiver": {...}} | null,
+   "backup_hosts": [...]}
 
   cmdres = {"cmd": [...], "rc": int, "stdout": str, "stderr": str}
 
 Writes the run's manifest (run.json: what the verdict judges against) and the files that
 contract.json lists: service_status.txt, gateway_db_connect.log, chat_call.json,
 requests_head.txt, responses_head.txt, join_check.txt (+ the CLI's --json output as *.json,
-which is what verdict.py judges), db_auth_check.json and config.redacted.yaml. Raw output
+which is what verdict.py judges), db_auth_check.json, pgbackrest_info.json (+ .txt) and
+config.redacted.yaml. Raw output
 is kept as it came; only secrets are masked (scrub.py).
 """
 from __future__ import annotations
@@ -132,6 +136,61 @@ def cli_json(res: dict[str, Any] | None) -> str:
                            "stderr": (res or {}).get("stderr")}, indent=2)
 
 
+def _props(text: str) -> dict[str, str]:
+    """`systemctl show` output as a dict."""
+    return dict(line.split("=", 1) for line in (text or "").splitlines() if "=" in line)
+
+
+def backup_json(backup: dict[str, Any] | None, repo_hosts: list[str]) -> dict[str, Any]:
+    """pgbackrest_info.json: what verdict.py's backup_pitr judges. The info JSON parsed,
+    the check's exit code and output, each timer's properties and the raw
+    `systemd-analyze calendar` output of its calendar (the verdict reads the elapses
+    there), pg_stat_archiver and the archiving settings of the first database host."""
+    if not backup:
+        return {"repository_hosts": repo_hosts,
+                "error": ("no data from the repository host" if repo_hosts
+                          else "no host in group pgbackrest_repo: no backups are configured")}
+    info_res = backup.get("info_json") or {}
+    try:
+        info = json.loads(info_res.get("stdout") or "")
+    except ValueError:
+        info = None
+    check = backup.get("check") or {}
+    collected = str(backup.get("collected_at") or "").strip()
+    return {
+        "repository_hosts": repo_hosts,
+        "host": backup.get("host"),
+        "stanza": backup.get("stanza"),
+        "collected_at": int(collected) if collected.isdigit() else None,
+        "grace_s": backup.get("grace_s"),
+        "info": info,
+        "info_rc": info_res.get("rc"),
+        "info_stderr": (info_res.get("stderr") or "").strip(),
+        "check": {"rc": check.get("rc"),
+                  "output": ((check.get("stdout") or "") + (check.get("stderr") or "")).strip()},
+        "timers": [{"type": t.get("type"), "unit": t.get("unit"), "show": _props(t.get("show") or ""),
+                    "calendar_analysis": t.get("calendar") or ""} for t in backup.get("timers") or []],
+        "archiver": backup.get("archiver") or {},
+        "archiver_error": backup.get("archiver_error") or "",
+    }
+
+
+def backup_text(backup: dict[str, Any] | None, repo_hosts: list[str]) -> str:
+    """pgbackrest_info.txt: the same for a human (pgBackRest's own text output)."""
+    if not backup:
+        return backup_json(backup, repo_hosts)["error"]
+    parts = [f"### host={backup.get('host')} stanza={backup.get('stanza')}",
+             cli_text(backup.get("info_text")), "", cli_text(backup.get("check")), ""]
+    for t in backup.get("timers") or []:
+        parts += [f"### timer type={t.get('type')} unit={t.get('unit')}", (t.get("show") or "").strip(),
+                  (t.get("calendar") or "").strip(), ""]
+    parts += ["### pg_stat_archiver and archiving settings (first database host)",
+              json.dumps(backup.get("archiver") or {}, indent=2, sort_keys=True, default=str)]
+    if backup.get("archiver_error"):
+        parts.append("[error] " + str(backup["archiver_error"]))
+    return "\n".join(parts)
+
+
 def render(c: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     hosts = c.get("hosts") or {}
     expected_units = c.get("expected_units") or {}
@@ -142,12 +201,17 @@ def render(c: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
         "chat_call.json": chat_call(c.get("chat")),
         "db_auth_check.json": json.dumps(c.get("db_auth") or {}, indent=2, sort_keys=True, default=str),
     }
+    repo_hosts = list(c.get("backup_hosts") or [])
+    files["pgbackrest_info.json"] = json.dumps(backup_json(c.get("backup"), repo_hosts), indent=2,
+                                               sort_keys=True, default=str)
+    files["pgbackrest_info.txt"] = backup_text(c.get("backup"), repo_hosts)
     cli = c.get("cli") or {}
     for key, name in CLI_FILES.items():
         files[name] = cli_json(cli.get(key)) if name.endswith(".json") else cli_text(cli.get(key))
     files[contract.MANIFEST] = json.dumps(manifest(c), indent=2, sort_keys=True)
     config = {"config.redacted.yaml": c.get("config") or "# config.yaml could not be read\n"}
-    missing = set(contract.CARD_FILES + contract.JUDGED_FILES + contract.CONFIG_FILES) - set(files) - set(config)
+    listed = contract.CARD_FILES + contract.JUDGED_FILES + contract.EXTRA_FILES + contract.CONFIG_FILES
+    missing = set(listed) - set(files) - set(config)
     if missing:  # the contract and this renderer disagree: a bug, never a silent gap
         raise RuntimeError(f"write_evidence.py renders no {sorted(missing)}")
     return files, config
