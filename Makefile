@@ -52,10 +52,11 @@ venvs: ## .venv (toolchain), .venv-dev (logging package, editable), .venv-audit 
 image: ## the test image (scripts/build-image.sh; built once per content hash)
 	scripts/build-image.sh
 
-lint: ## yamllint + ansible-lint (production profile) + checkov's Ansible checks (.checkov.yaml)
+lint: ## yamllint + ansible-lint (production profile) + checkov's Ansible checks + promtool check/test of the alert rules
 	yamllint --strict .
 	ansible-lint --profile production
 	scripts/checkov.sh $(VENV_AUDIT)
+	scripts/check-alert-rules.py
 
 unit: ## host-side tests of the logging package and the validate scripts (tests/)
 	$(VENV_DEV)/bin/pytest

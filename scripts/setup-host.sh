@@ -35,6 +35,27 @@ else
   log "packages: all present"
 fi
 
+# promtool (`make lint` checks and unit-tests the alert rules) from Debian's
+# prometheus package, unpacked rather than installed: installing the package
+# would also enable and start a Prometheus server on this machine. apt-get
+# download checks the package against the signed index, as an install does.
+PROMTOOL=/usr/local/bin/promtool
+if [[ -x $PROMTOOL ]]; then
+  log "promtool: $($PROMTOOL --version 2>&1 | head -1)"
+else
+  log "promtool: unpacking /usr/bin/promtool of Debian's prometheus package into $PROMTOOL"
+  work=$(mktemp -d)
+  chown _apt "$work" 2>/dev/null || true  # apt downloads as _apt where it can
+  if ! (cd "$work" && timeout 600 apt-get download -q prometheus); then
+    timeout 600 apt-get update -q
+    (cd "$work" && timeout 600 apt-get download -q prometheus)
+  fi
+  dpkg-deb --fsys-tarfile "$work"/prometheus_*.deb | tar -x -C "$work" ./usr/bin/promtool
+  install -m 0755 "$work/usr/bin/promtool" "$PROMTOOL"
+  rm -rf -- "$work"
+  log "promtool: $($PROMTOOL --version 2>&1 | head -1)"
+fi
+
 # Container settings as a drop-in: containers.conf.d files are merged over
 # /etc/containers/containers.conf (podman >= 4.x), so a user's own file stays.
 #  - runc: crun cannot raise rlimits without CAP_SYS_RESOURCE and is flaky on

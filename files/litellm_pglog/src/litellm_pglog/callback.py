@@ -26,6 +26,7 @@ from .config import ConfigError, Settings
 from .events import emit
 from .guard import DELIVERY
 from .guard import install as install_guard
+from .metrics import Endpoint
 from .records import capture
 from .writer import Writer
 
@@ -41,6 +42,9 @@ class PglogCallback(CustomLogger):
                 raise
             writer = Writer(settings)
             writer.start()
+            if settings.metrics_port:
+                # its own port on the gateway's internal address, not one of LiteLLM's routes
+                Endpoint(writer.metrics, settings.metrics_host, settings.metrics_port).start()
         self.writer = writer
         self.missing_slo = 0
 

@@ -64,6 +64,9 @@ class Settings:
     max_payload_bytes: int
     # PGLOG_LOG_PAYLOADS full|redacted|metadata (+ PGLOG_REDACT_PATTERNS_FILE): privacy.py
     payload_policy: privacy.Policy = privacy.FULL
+    # The metrics endpoint (metrics.py); port 0: none.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -104,6 +107,8 @@ class Settings:
             drain_timeout_s=_float(env, "PGLOG_DRAIN_TIMEOUT_S", 20.0, 0.0),
             max_payload_bytes=_int(env, "PGLOG_MAX_PAYLOAD_BYTES", 262_144, 1024),
             payload_policy=_policy(env),
+            metrics_host=env.get("PGLOG_METRICS_HOST", "").strip() or "127.0.0.1",
+            metrics_port=_int(env, "PGLOG_METRICS_PORT", 0, 0),
         )
 
 

@@ -48,6 +48,7 @@ from .delivery import Delivery, Outcome
 from .engine import PoolStats, make_engine
 from .events import emit
 from .insert import DEDUPE_KEY, insert_batch
+from .metrics import Metrics
 from .outbox import Outbox
 from .schema import SchemaMismatch, check_revision
 from .spool import Spool
@@ -58,14 +59,16 @@ _LOGGED_KEYS = 20  # duplicates logged by key per batch; the rest as a number
 
 
 class Writer:
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, engine: Engine | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        # Prometheus metrics (metrics.py): only this thread touches them, never the event loop.
+        self.metrics = metrics or Metrics()
         self.pool_stats = PoolStats()
         self.engine = engine or make_engine(settings, self.pool_stats, pre_ping=False)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.spool = Spool(settings.spool_dir, settings.spool_max_mb)
         self.outbox = Outbox(self.spool, settings.memory_max_records, self.counters)
-        self.delivery = Delivery(lambda rows: insert_batch(self.engine, rows))
+        self.delivery = Delivery(self.metrics.timed(lambda rows: insert_batch(self.engine, rows)))
         # A slow database makes the thread take batches more slowly: the backlog waits in the
         # batcher, bounded by memory_max_records.
         self.batcher = Batcher(settings.batch_size, settings.flush_ms / 1000.0, settings.memory_max_records)
@@ -134,16 +137,22 @@ class Writer:
             for rows in self.outbox.held_in_memory():
                 self.outbox.drop([r.get(DEDUPE_KEY) for r in rows], "process exiting with the spool full")
         self.write_stats()
+        self.publish_metrics(force=True)
+        self.metrics.process_exiting()
         emit("shutdown", counters=dict(self.counters), spool_segments=len(self.spool.segments()))
 
     def _prepare(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Each record is prepared once in this process: its model/status/tokens/cost are
+        counted here (pglog_requests_total etc.), never on the event loop."""
         try:
-            return records.prepare(raw, self.settings.max_payload_bytes, self.settings.payload_policy)
+            row = records.prepare(raw, self.settings.max_payload_bytes, self.settings.payload_policy)
         except Exception as exc:  # a record we cannot even serialise: keep what we can
             policy = self.settings.payload_policy
             emit("prepare_error", logging.ERROR, call_id=policy.mask(str(raw.get("id"))), error=short(exc))
-            return records.prepare({k: raw.get(k) for k in ("id", "startTime", "endTime", "status")},
-                                   self.settings.max_payload_bytes, policy)
+            row = records.prepare({k: raw.get(k) for k in ("id", "startTime", "endTime", "status")},
+                                  self.settings.max_payload_bytes, policy)
+        self.metrics.observe_row(row)
+        return row
 
     # ---- the writer thread: the only one that touches the database and the spool --------------
     def _run(self) -> None:
@@ -171,6 +180,7 @@ class Writer:
                 self._guarded(self._replay)
             if now - self._last_stats >= self.settings.stats_interval_s:
                 self.log_stats()
+            self._guarded(self.publish_metrics)
 
     def _guarded(self, step: Any, rows: list[dict[str, Any]] | None = None) -> None:
         """Run one step of the writer thread; an unexpected error (a bug, a full disk in an
@@ -186,7 +196,7 @@ class Writer:
 
     def _deliver(self, rows: list[dict[str, Any]]) -> None:
         outcome = self.delivery.deliver(rows)
-        self._account(outcome, "written")
+        self._account(outcome, "written", rows)
         if outcome.undelivered:
             self._go_offline(outcome.error)
             self.outbox.keep(outcome.undelivered)
@@ -211,7 +221,7 @@ class Writer:
         try:
             for pending in backlog:
                 outcome = self.delivery.deliver(pending.rows)
-                self._account(outcome, "replayed")
+                self._account(outcome, "replayed", pending.rows)
                 if outcome.undelivered:
                     pending.keep(outcome.undelivered)
                     self._go_offline(outcome.error)
@@ -236,9 +246,10 @@ class Writer:
             else:
                 self.outbox.keep(rows)
 
-    def _account(self, outcome: Outcome, source: str) -> None:
+    def _account(self, outcome: Outcome, source: str, rows: list[dict[str, Any]]) -> None:
         """Counters and log lines of one delivery; rejected rows to the rejected file."""
         self.counters[source] += outcome.written
+        self._observe_committed(outcome, rows)
         if outcome.duplicates:
             self.counters["duplicates"] += len(outcome.duplicates)
             for key in outcome.duplicates[:_LOGGED_KEYS]:
@@ -252,6 +263,15 @@ class Writer:
             for row, error in outcome.rejected:
                 emit("rejected", logging.ERROR, event_id=row.get(DEDUPE_KEY), call_id=row.get("call_id"), error=error, kept_in=kept_in)
             self.counters["failed"] += kept
+
+    def _observe_committed(self, outcome: Outcome, rows: list[dict[str, Any]]) -> None:
+        """Response-to-row delay of the rows this delivery committed (not the duplicates, the
+        refused or the undelivered ones)."""
+        if not outcome.written:
+            return
+        skip = {id(r) for r in outcome.undelivered} | {id(r) for r, _ in outcome.rejected}
+        dups = set(outcome.duplicates)
+        self.metrics.observe_committed([r for r in rows if id(r) not in skip and r.get(DEDUPE_KEY) not in dups])
 
     def _go_offline(self, exc: BaseException | None) -> None:
         if self._online:
@@ -279,6 +299,24 @@ class Writer:
         snap = self.snapshot()
         emit("pool_stats", **snap)
         self.write_stats(snap)
+
+    def publish_metrics(self, force: bool = False) -> None:
+        self.metrics.publish(self.counters, self._gauges, force=force)
+
+    def _gauges(self) -> dict[str, float]:
+        pool = self.engine.pool
+        values = {
+            "queue_depth": self.batcher.depth(),
+            "memory_records": self.outbox.memory_records,
+            "spool_segments": len(self.spool.segments()),
+            "spool_bytes": self.spool.size_bytes(),
+            "writer_online": 1 if self._online else 0,
+        }
+        for name, attr in (("pool_checked_out", "checkedout"), ("pool_size", "size")):
+            fn = getattr(pool, attr, None)
+            if callable(fn):
+                values[name] = fn()
+        return values
 
     def write_stats(self, snap: dict[str, Any] | None = None) -> None:
         write_stats_file(self.settings.state_dir, snap or self.snapshot())
