@@ -19,6 +19,7 @@ DEMO_MODEL ?= stub-small
 
 VENV := $(CURDIR)/.venv
 VENV_DEV := $(CURDIR)/.venv-dev
+VENV_AUDIT := $(CURDIR)/.venv-audit
 export PATH := $(VENV)/bin:$(PATH)
 
 # Environment of one bed: molecule 26 keeps its state under
@@ -38,9 +39,10 @@ setup: ## host packages, podman settings, venvs, test image (idempotent)
 	scripts/setup-host.sh
 	$(MAKE) --no-print-directory venvs image
 
-venvs: ## .venv (toolchain) and .venv-dev (logging package, editable) from the hashed locks
+venvs: ## .venv (toolchain), .venv-dev (logging package, editable), .venv-audit (checkov, schemathesis) from the hashed locks
 	scripts/setup-venv.sh $(VENV) requirements/control.lock $(PYTHON)
 	scripts/setup-venv.sh $(VENV_DEV) requirements/dev.lock $(PYTHON)
+	scripts/setup-venv.sh $(VENV_AUDIT) requirements/audit.lock $(PYTHON)
 	@if [[ "$$($(VENV_DEV)/bin/python -c 'import litellm_pglog, os; print(os.path.dirname(litellm_pglog.__file__))' 2>/dev/null)" \
 	      != "$(CURDIR)/files/litellm_pglog/src/litellm_pglog" ]]; then \
 	  $(VENV_DEV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
@@ -50,9 +52,10 @@ venvs: ## .venv (toolchain) and .venv-dev (logging package, editable) from the h
 image: ## the test image (scripts/build-image.sh; built once per content hash)
 	scripts/build-image.sh
 
-lint: ## yamllint + ansible-lint (production profile) + promtool check/test of the alert rules
+lint: ## yamllint + ansible-lint (production profile) + checkov's Ansible checks + promtool check/test of the alert rules
 	yamllint --strict .
 	ansible-lint --profile production
+	scripts/checkov.sh $(VENV_AUDIT)
 	scripts/check-alert-rules.py
 
 unit: ## host-side tests of the logging package and the validate scripts (tests/)
@@ -87,9 +90,9 @@ demo: setup ## long-lived lab bed: converge + validate, prints how to call it
 	@echo
 	@echo "Lab bed $(DEMO_BED): db $(DEMO_SUBNET).19, gateway $(DEMO_SUBNET).18"
 	@echo "Evidence: $(CURDIR)/evidence/latest -> $$(readlink evidence/latest)"
-	@echo "Call the gateway:"
-	@echo "  curl -sS http://$(DEMO_SUBNET).18:4000/v1/chat/completions \\"
-	@echo "    -H \"Authorization: Bearer sk-\$$(cat $(CURDIR)/.lab/$(DEMO_BED)/secrets/litellm_master_key)\" \\"
+	@echo "Call the gateway (HTTPS, verified against the lab's private CA; the key via a header file, not argv):"
+	@echo "  curl -sS --cacert $(CURDIR)/.lab/$(DEMO_BED)/pki/ca.crt https://$(DEMO_SUBNET).18:4000/v1/chat/completions \\"
+	@echo "    -H @<(echo \"Authorization: Bearer sk-\$$(cat $(CURDIR)/.lab/$(DEMO_BED)/secrets/litellm_master_key)\") \\"
 	@echo "    -H 'Content-Type: application/json' \\"
 	@echo "    -d '{\"model\": \"$(DEMO_MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'"
 	@echo "Remove it: make demo-down"

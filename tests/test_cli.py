@@ -80,3 +80,57 @@ def test_status_and_replay(writer_env, clean_db):
     assert out == {"replayed": 4, "duplicates": 0, "failed": 0, "spool_segments_left": 0}
     st = json.loads(run(writer_env, "status", "--json").stdout)
     assert st["spool_segments"] == 0 and st["stats"]
+
+
+def test_evidence_counts_only_the_given_keys_rows(writer_env, clean_db):
+    """Tags are chosen by the caller: anyone with a key can tag calls with a run's tag. With
+    --key-from-stdin the evidence counts the rows made with that key only, and reports the
+    tag's other rows apart, never silently."""
+    w = Writer(Settings.from_env())
+    w.start()
+    mine = [make_slo(i, tag="run:keyed") for i in range(3)]  # made with the key "key" (helpers)
+    other = {"user_api_key_hash": records.key_digest("someone-else-key")}
+    theirs = [make_slo(10 + i, tag="run:keyed", metadata=other) for i in range(2)]
+    for s in mine + theirs:
+        w.submit(records.capture(s))
+    assert wait_until(lambda: w.counters["written"] == 5)
+    w.stop(timeout=5)
+    env = clean_db.env()
+
+    def ev(what, *extra, key=None):
+        full = {k: v for k, v in os.environ.items() if not k.startswith("PGLOG_")}
+        full.update(env)
+        args = [*cli(), "evidence", what, "--tag", "run:keyed", *extra] + (["--key-from-stdin"] if key else [])
+        return subprocess.run(args, env=full, input=(key + "\n") if key else "", capture_output=True, text=True,
+                              check=True).stdout
+
+    everyone = json.loads(ev("join-check", "--json"))
+    assert everyone["request_rows"] == 5 and everyone["key_hash12"] is None and "other_key_rows" not in everyone
+    jc = json.loads(ev("join-check", "--expected", "3", "--json", key="key"))
+    assert (jc["request_rows"], jc["response_rows"], jc["matched_pairs"], jc["integrity_pct"]) == (3, 3, 3, 100.0)
+    assert jc["other_key_rows"] == 2 and jc["key_hash12"] == records.stored_key_hash("key")[:12]
+    head = json.loads(ev("requests-head", "--json", key="key"))
+    assert head["count"] == 3 and {r["call_id"] for r in head["rows"]} == {s["id"] for s in mine}
+    resp = json.loads(ev("responses-head", "--json", key="key"))
+    assert resp["count"] == 3 and resp["by_status"]["success"]["responses"] == 3 and resp["other_key_rows"] == 2
+    text = ev("requests-head", key="key")
+    assert "count: 3" in text and "2 rows of the tag made with other keys are not counted" in text
+    # a missing key is a usage error, not an unfiltered answer
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PGLOG_")}
+    full.update(env)
+    res = subprocess.run([*cli(), "evidence", "join-check", "--tag", "run:keyed", "--key-from-stdin"], env=full,
+                         input="", capture_output=True, text=True)
+    assert res.returncode == 2 and "no key on stdin" in res.stderr
+
+
+def test_connect_check_describes_a_new_connection(cluster, migrated):
+    out = run(cluster.env(), "connect-check")
+    c = json.loads(out.stdout)
+    assert c["connected"] is True and c["client_addr"] == "127.0.0.1" and c["server_addr"] == "127.0.0.1"
+    # SYSTEM_USER needs PostgreSQL 16 (the host's test cluster may be older): then channel_binding=require
+    assert c["auth"]["method"].startswith("scram-sha-256") and c["ssl"]["server_ssl"] is True
+    assert "***" in c["dsn"] and WRITER in c["dsn"]
+    bad = run({**cluster.env(), "PGLOG_DB_PASSWORD": "not-the-password"}, "connect-check", check=False)
+    c = json.loads(bad.stdout)
+    assert bad.returncode == 1 and c["connected"] is False and "password authentication failed" in c["error"]
+    assert "not-the-password" not in bad.stdout + bad.stderr

@@ -156,6 +156,29 @@ def test_stream_is_logged_once(proxy, cluster):
                  (json.dumps([t]),)) == [(True, 6, 4)]
 
 
+def test_stream_stores_time_to_first_token(proxy, cluster):
+    """responses.ttft_ms (0003): the upstream holds the answer 400 ms, then streams its words
+    150 ms apart; the first chunk comes after the hold, long before the end. A non-streaming
+    call has none."""
+    import urllib.request
+
+    t = tag()
+    for stream in (True, False):
+        req = {"model": "gpt-stub", "stream": stream, "metadata": {"tags": [t]},
+               "messages": [{"role": "user", "content": "one two three four five six #stub:sleep=400 #stub:chunk_ms=150"}]}
+        r = urllib.request.Request(proxy.url + "/v1/chat/completions", json.dumps(req).encode(), method="POST",
+                                   headers={"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(r, timeout=30) as resp:
+            resp.read()
+    assert wait_until(lambda: run_rows(cluster, t) == 2, 10)
+    got = dict(query(cluster, """SELECT q.stream, array[r.ttft_ms, r.latency_ms] FROM requests q
+                                  JOIN responses r ON r.request_id = q.id WHERE q.tags @> %s::jsonb""",
+                     (json.dumps([t]),)))
+    ttft, latency = got[True]
+    assert 400 <= ttft <= latency - 600, (ttft, latency)  # ~6 words x 150 ms come after the first chunk
+    assert got[False][0] is None
+
+
 def test_pool_stats_lines_and_file(proxy):
     assert wait_until(lambda: proxy.events("pool_stats"), 10)
     last = proxy.events("pool_stats")[-1]
@@ -163,6 +186,9 @@ def test_pool_stats_lines_and_file(proxy):
     assert last["counters"]["dropped"] == 0
     connect = proxy.events("connect")[0]
     assert connect["ssl"]["server_ssl"] is True and connect["auth"]["method"].startswith("scram-sha-256")
+    # the server's view of where the connection comes from (what pg_hba chose its rule by)
+    assert connect["client_addr"] == "127.0.0.1" and connect["server_addr"] == "127.0.0.1"
+    assert isinstance(connect["client_port"], int)
     files = os.listdir(os.path.join(proxy.workdir, "state"))
     assert any(f.startswith("stats-") and f.endswith(".json") for f in files)
 

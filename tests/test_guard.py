@@ -112,3 +112,24 @@ def test_limits_come_from_the_environment_and_refuse_nonsense():
 
 def test_install_outside_the_proxy_does_nothing():
     assert guard.install() is False  # no litellm.proxy.proxy_server loaded in this process
+
+
+@pytest.mark.parametrize("body,reason", [
+    (b"\x00", "not valid JSON"),
+    (b"E", "not valid JSON"),
+    (b'{"model": "\xa4"}', "not valid JSON"),  # not UTF-8
+    (b"[1, 2]", "must be a JSON object, not list"),
+    (b'"text"', "must be a JSON object, not str"),
+    ('{"model": "a\U000883b8"}'.encode(), "model must be a string of printable characters"),
+    (b'{"model": "a\\u0014"}', "model must be a string of printable characters"),
+    (b'{"model": ["gpt"]}', "model must be a string of printable characters"),
+    (b'{"model": 5}', "model must be a string of printable characters"),
+])
+def test_inference_bodies_litellm_cannot_serve_are_named(body, reason):
+    assert reason in guard.inference_body_problem(body)
+
+
+@pytest.mark.parametrize("body", [b'{"model": "stub-small", "messages": []}', b'{"messages": []}',
+                                  '{"model": "caf\u00e9-model"}'.encode(), b"{}"])
+def test_inference_bodies_it_can_serve_pass(body):
+    assert guard.inference_body_problem(body) is None

@@ -188,3 +188,15 @@ def test_client_disconnects_get_their_own_status():
     assert body["delivery"]["disconnected_after_ms"] == 500.0 and row["completion_tokens"] == 3
     raw["delivery"] = {"client_disconnected": False}
     assert records.prepare(raw, 262144)["status"] == "success"
+
+
+def test_time_to_first_token_only_for_streams_that_got_a_chunk():
+    base = dict(startTime=1000.0, endTime=1002.0, completionStartTime=1000.25)
+    stream = records.prepare(records.capture(slo(stream=True, **base)), 262144)
+    assert stream["ttft_ms"] == 250.0
+    assert records.prepare(records.capture(slo(stream=False, **base)), 262144)["ttft_ms"] is None
+    failed = records.prepare(records.capture(slo(stream=True, status="failure", **base)), 262144)
+    assert failed["ttft_ms"] is None
+    for odd in (None, float("nan"), 999.0, 1003.0, "x"):  # absent, non-finite, before start, after end
+        row = records.prepare(records.capture(slo(stream=True, **dict(base, completionStartTime=odd))), 262144)
+        assert row["ttft_ms"] is None, odd

@@ -34,7 +34,7 @@ def test_tables_have_the_documented_columns(cluster, migrated):
     assert [c for c, _ in req] == ["id", "call_id", "created_at", "logged_at", "model", "call_type", "stream",
                                    "api_key_hash", "end_user", "tags", "payload", "event_id"]
     assert [c for c, _ in resp] == ["id", "request_id", "created_at", "status", "prompt_tokens",
-                                    "completion_tokens", "total_tokens", "cost_usd", "latency_ms", "body"]
+                                    "completion_tokens", "total_tokens", "cost_usd", "latency_ms", "body", "ttft_ms"]
     assert dict(req)["payload"] == "jsonb" and dict(req)["id"] == "bigint" and dict(req)["event_id"] == "uuid"
     fk = query(cluster, "SELECT confdeltype FROM pg_constraint WHERE conname = 'fk_responses_request_id'")
     assert fk == [("c",)]  # ON DELETE CASCADE
@@ -218,6 +218,8 @@ def test_migration_0002_keeps_rows_and_replays_old_spool_lines_onto_them(cluster
             got = conn.execute(text("SELECT q.call_id, q.event_id::text, r.total_tokens FROM requests q"
                                     " JOIN responses r ON r.request_id = q.id ORDER BY q.id")).all()
         assert [(c, t) for c, _, t in got] == [("old-a", 3), ("old-b", 3), ("o" * 64, 3)]
+        with engine.connect() as conn:  # 0003: no first-token time was recorded for these
+            assert conn.execute(text("SELECT count(*) FROM responses WHERE ttft_ms IS NOT NULL")).scalar() == 0
         assert [e for _, e, _ in got] == [records.legacy_event_id(c) for c, _, _ in got]
         with engine.connect() as conn:
             hashes = [h for (h,) in conn.execute(text("SELECT api_key_hash FROM requests ORDER BY id"))]

@@ -265,6 +265,34 @@ def test_bodies_litellm_refuses_get_its_400_not_a_500(proxy, cluster):
     assert logged == [(len(extras),)]
 
 
+# Found by the bed's schemathesis pass: bodies LiteLLM 1.108.7 answers without any row (its own
+# 400 for what is not JSON) or with a plain 500 (a model name it cannot echo in a header).
+UNSERVABLE_BODIES = {
+    "nul byte": b"\x00",
+    "not json": b"E",
+    "not utf-8": b'{"model": "\xa4", "messages": []}',
+    "a list": b'[{"model": "gpt-stub"}]',
+    "model beyond latin-1": '{"model": "m\U000883b8", "messages": [{"role": "user", "content": "x"}]}'.encode(),
+    "model with a control character": b'{"model": "m\\u0014", "messages": [{"role": "user", "content": "x"}]}',
+    "model not a string": b'{"model": ["gpt-stub"], "messages": [{"role": "user", "content": "x"}]}',
+}
+
+
+def test_bodies_litellm_cannot_serve_get_a_400_with_rows(proxy, cluster):
+    answered = {}
+    for name, raw in UNSERVABLE_BODIES.items():
+        status, headers, err = http("POST", proxy.url + "/v1/chat/completions", raw=raw, key=TEAM_KEY)
+        answered[name] = (status, headers.get("x-litellm-call-id"), err.get("error", {}).get("message"))
+    assert {n: a[0] for n, a in answered.items()} == {n: 400 for n in UNSERVABLE_BODIES}, answered
+    ids = [a[1] for a in answered.values()]
+    assert all(ids), answered  # every answer names its call: the rows can be found
+    assert wait_until(lambda: query(cluster, "SELECT count(*) FROM requests q JOIN responses r ON r.request_id = q.id"
+                                             " WHERE q.call_id = ANY(%s) AND r.status = 'failure'", (ids,))[0][0]
+                      == len(ids), 10), answered
+    # and a servable call right after is served
+    assert proxy.chat("after the unservable bodies", tag())[0] == 200
+
+
 def _content_length(data: bytes) -> int:
     match = re.search(rb"(?im)^content-length: *([0-9]+)", data.split(b"\r\n\r\n", 1)[0])
     return int(match.group(1)) if match else 0
@@ -335,7 +363,11 @@ def test_deep_and_oversize_bodies_are_refused_before_parsing_and_logged(proxy, c
 
 def test_guard_runs_in_every_uvicorn_worker(cluster, migrated, stub, tmp_path):
     """LiteLLM loads our callback (and so installs the guard) in each worker process."""
-    p = Proxy(str(tmp_path / "workers"), stub.port, cluster.env(), args=("--num_workers", "2"))
+    # uvicorn kills a worker that does not answer its health ping within 5 s; a spawned worker
+    # answers only once it has imported LiteLLM, which takes longer than that on a loaded host
+    # (load 20+ on 2 cores: every worker killed and respawned until the start timeout)
+    p = Proxy(str(tmp_path / "workers"), stub.port, cluster.env(),
+              args=("--num_workers", "2", "--timeout_worker_healthcheck", "60"))
     p.start(timeout=180)
     try:
         assert wait_until(lambda: len(p.events("guard_installed")) == 2, 60), p.tail()

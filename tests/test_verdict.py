@@ -24,12 +24,15 @@ CONNECT = {
     "auth": {"channel_binding": "require", "method": "scram-sha-256", "password_used": True,
              "system_user": "scram-sha-256:litellm_writer", "user": "litellm_writer"},
     "backend_pid": 4242,
+    "client_addr": "10.89.71.18", "client_port": 40112, "server_addr": "10.89.71.19",
     "dsn": "postgresql+psycopg2://litellm_writer:***@10.89.71.19:5432/litellm_db?sslmode=verify-full",
     "pool": {"max_overflow": 2, "pool_pre_ping": True, "pool_recycle_s": 1800, "pool_size": 5},
     "server_version": "17.12 (Debian 17.12-0+deb13u1)",
     "ssl": {"bits": 256, "cipher": "TLS_AES_256_GCM_SHA384", "client_protocol": "TLSv1.3",
             "client_ssl_in_use": True, "server_ssl": True, "sslmode": "verify-full", "version": "TLSv1.3"},
 }
+# a fresh connection opened by the play (litellm-pglog connect-check), as the file shows it
+FRESH = {**copy.deepcopy(CONNECT), "connected": True, "backend_pid": 5151, "client_port": 40200}
 POOL = {"pid": 99, "online": True, "counters": {"inserted": 5},
         "pool": {"checkouts": 40, "connects": 2, "invalidated": 0, "reuse_rate": 0.95}}
 HBA = [
@@ -60,25 +63,32 @@ def service_status(gw_state=("active", "running"), pg_unit=PG_UNIT) -> str:
     )
 
 
-def connect_log(connects=(CONNECT,), pools=(POOL,)) -> str:
+def connect_log(connects=(CONNECT,), pools=(POOL,), fresh=FRESH) -> str:
     lines = ["### host=gateway unit=litellm-gateway.service since=Fri 2026-11-27 03:00:00 UTC"]
     lines += [f"2026-11-27 03:00:01 INFO litellm_pglog event=connect {json.dumps(c, sort_keys=True)}" for c in connects]
     lines += [f"event=pool_stats {json.dumps(p, sort_keys=True)}" for p in pools]
+    lines += ["### host=gateway check=connect-check", "$ systemd-run ... litellm-pglog connect-check   (exit 0)"]
+    lines += [f"event=connect_check {json.dumps(fresh, sort_keys=True)}"] if fresh is not None else []
     return "\n".join(lines) + "\n"
 
 
-def chat(status=200, cost="0.000123", tokens=30, n=K) -> dict:
-    calls = [{"status": status, "latency_ms": 20.0 + i, "call_id": f"c{i}", "prompt_tokens": 10,
+def chat(status=200, cost="0.000123", tokens=30, n=K, url="https://10.89.71.18:4000/v1/chat/completions",
+         tls_version="TLSv1.3", verified=True) -> dict:
+    calls = [{"url": url, "status": status, "latency_ms": 20.0 + i, "call_id": f"c{i}", "prompt_tokens": 10,
               "completion_tokens": tokens - 10, "total_tokens": tokens, "response_cost": cost,
-              "t_end_epoch": 1.0} for i in range(n)]
+              "tls_version": tls_version, "tls_cipher": "TLS_AES_256_GCM_SHA384" if tls_version else None,
+              "cert_verified": verified, "t_end_epoch": 1.0} for i in range(n)]
     return {"exchange": {"status": status, "latency_ms": 20.0, "response_cost": cost,
                          "usage": {"prompt_tokens": 10, "completion_tokens": tokens - 10, "total_tokens": tokens},
                          "request": {"headers": {"Authorization": "Bearer <redacted>"}}},
             "calls": calls}
 
 
+KEY12 = "h1:0a1b2c3d4"  # the CLI's key filter (first 12 characters of the play key's stored hash)
+
+
 def join(**over) -> dict:
-    d = {"tag": "run:x", "expected_calls": K, "request_rows": K, "response_rows": K, "matched_pairs": K,
+    d = {"tag": "run:x", "key_hash12": KEY12, "other_key_rows": 0, "expected_calls": K, "request_rows": K, "response_rows": K, "matched_pairs": K,
          "requests_without_response": 0, "requests_with_several_responses": 0,
          "responses_without_request": 0, "duplicate_call_ids": 0, "integrity_pct": 100.0,
          "delay_p50_ms": 190.0, "delay_p99_ms": 205.0, "delay_max_ms": 210.0}
@@ -86,24 +96,71 @@ def join(**over) -> dict:
     return d
 
 
-def req_head(n=K, ids=None) -> dict:
+def req_head(n=K, ids=None, key12=KEY12) -> dict:
     ids = ids if ids is not None else [f"c{i}" for i in range(n)]
-    return {"tag": "run:x", "count": len(ids), "columns": ["id", "call_id"],
+    return {"tag": "run:x", "key_hash12": key12, "other_key_rows": 0, "count": len(ids), "columns": ["id", "call_id"],
             "rows": [{"id": i + 1, "call_id": c} for i, c in enumerate(ids)]}
 
 
-def resp_head(n=K, tokens=30, cost=0.000123, status="success") -> dict:
+def resp_head(n=K, tokens=30, cost=0.000123, status="success", key12=KEY12) -> dict:
     rows = [{"id": i + 1, "request_id": i + 1, "call_id": f"c{i}", "status": status, "prompt_tokens": 10,
              "completion_tokens": tokens - 10, "total_tokens": tokens, "cost_usd": cost} for i in range(n)]
-    return {"tag": "run:x", "count": n, "columns": [], "rows": rows,
-            "totals": {"responses": n, "success": n, "failure": 0, "total_tokens": tokens * n, "cost_usd": cost * n}}
+    return {"tag": "run:x", "key_hash12": key12, "other_key_rows": 0, "count": n, "columns": [], "rows": rows,
+            "totals": {"responses": n, "success": n, "failure": 0, "total_tokens": tokens * n, "cost_usd": cost * n},
+            "by_status": {status: {"responses": n, "total_tokens": tokens * n, "cost_usd": cost * n}} if n else {}}
 
 
 def auth(**over) -> dict:
     d = {"database": "litellm_db", "writer_role": "litellm_writer", "gateway_addresses": ["10.89.71.18"],
          "hba_rules": copy.deepcopy(HBA), "writer_verifier": "SCRAM-SHA-256",
-         "writer_backends": [{"pid": 4242, "ssl": True, "client_addr": "10.89.71.18"}],
-         "fresh_connection": {"system_user": "scram-sha-256:litellm_writer"}}
+         "writer_backends": [{"pid": 4242, "ssl": True, "client_addr": "10.89.71.18"}]}
+    d.update(over)
+    return d
+
+
+NOW = 1796000000  # collected_at of the fabricated runs (a Wednesday, 2026-11-25)
+
+
+def _calendar(first: int, step: int, n: int = 12) -> str:
+    """`TZ=UTC systemd-analyze calendar --iterations=n` output for elapses first + k*step."""
+    import datetime as dt
+    stamp = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%a %Y-%m-%d %H:%M:%S UTC")  # noqa: E731
+    lines = ["  Original form: x", "Normalized form: x", f"    Next elapse: {stamp(first)}", "       From now: soon"]
+    lines += [f"   Iteration #{k + 1}: {stamp(first + k * step)}" for k in range(1, n)]
+    return "\n".join(lines) + "\n"
+
+
+def backup_info(backups=None, status=0, check_rc=0, timers=None, archiver=None, **over) -> dict:
+    """pgbackrest_info.json of a healthy deployment: a full 2 days old, a diff 3 h old,
+    weekly full + daily diff timers (10 min randomized delay), check passed."""
+    if backups is None:
+        backups = [{"label": "20261123-011500F", "type": "full", "error": False,
+                    "timestamp": {"start": NOW - 2 * 86400 - 60, "stop": NOW - 2 * 86400}},
+                   {"label": "20261123-011500F_20261125-011500D", "type": "diff", "error": False,
+                    "timestamp": {"start": NOW - 3 * 3600 - 30, "stop": NOW - 3 * 3600}}]
+    day, week = 86400, 7 * 86400
+    if timers is None:
+        timers = [
+            {"type": "full", "unit": "pgbackrest-backup-full.timer",
+             "show": {"ActiveState": "active", "UnitFileState": "enabled", "RandomizedDelayUSec": "10min",
+                      "TimersCalendar": "{ OnCalendar=Sun *-*-* 01:15:00 ; next_elapse=... }"},
+             "calendar_analysis": _calendar(NOW + 4 * day, week)},
+            # Mon..Sat: a 48 h gap over Sunday on its own; the full fills it
+            {"type": "diff", "unit": "pgbackrest-backup-diff.timer",
+             "show": {"ActiveState": "active", "UnitFileState": "enabled", "RandomizedDelayUSec": "10min",
+                      "TimersCalendar": "{ OnCalendar=Mon..Sat *-*-* 01:15:00 ; next_elapse=... }"},
+             "calendar_analysis": "\n".join(_calendar(NOW + d * day, week, 3) for d in (1, 2, 3, 5, 6, 7))},
+        ]
+    d = {"repository_hosts": ["gateway"], "host": "gateway", "stanza": "pglog", "collected_at": NOW,
+         "grace_s": 7200, "info_rc": 0, "info_stderr": "",
+         "info": [{"name": "pglog", "status": {"code": status, "message": "ok" if status == 0 else "error"},
+                   "backup": backups, "cipher": "aes-256-cbc"}],
+         "check": {"rc": check_rc, "output": "" if check_rc == 0 else "ERROR: [082]: WAL segment was not archived"},
+         "timers": timers,
+         "archiver": archiver if archiver is not None else {
+             "archive_mode": "on", "archived_count": 42, "failed_count": 0, "last_archived_wal": "000000010000000000000042",
+             "last_archived_epoch": NOW - 30, "last_failed_wal": None, "last_failed_epoch": None},
+         "archiver_error": ""}
     d.update(over)
     return d
 
@@ -124,6 +181,7 @@ def make_run(tmp_path: Path, **files) -> Path:
         "db_auth_check.json": auth(),
         "config.redacted.yaml": "general_settings:\n  master_key: os.environ/LITELLM_MASTER_KEY\n",
         "run.json": manifest(),
+        "pgbackrest_info.json": backup_info(),
     }
     content.update(files)
     for name, value in content.items():
@@ -138,8 +196,8 @@ def results(run: Path, secrets=SECRETS) -> dict[str, str]:
     return {c.name: c.result for c in verdict.compute(run, secrets)}
 
 
-ALL = ["gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "request_rows",
-       "response_rows", "join_integrity", "logging_delay", "pool_reuse", "no_secrets"]
+ALL = ["gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "gateway_https", "request_rows",
+       "response_rows", "join_integrity", "logging_delay", "pool_reuse", "backup_pitr", "no_secrets"]
 
 
 def only_failed(res: dict[str, str]) -> set[str]:
@@ -184,7 +242,10 @@ def test_summary_files_are_written(tmp_path):
      {"response_rows", "join_integrity"}),
     ({"responses_head.json": resp_head(cost=0)}, {"response_rows"}),
     ({"responses_head.json": resp_head(status="failure")}, {"response_rows"}),
-    ({"join_check.json": join(duplicate_call_ids=1)}, {"join_integrity"}),
+    # call ids are caller-settable: a repeat is information (each call keeps its pair)
+    ({"join_check.json": join(duplicate_call_ids=1)}, set()),
+    # a disconnected client is not a clean success
+    ({"responses_head.json": resp_head(status="client_disconnected")}, {"response_rows"}),
     ({"requests_head.json": req_head(ids=["c0", "c1", "c2", "c3", "other"])}, {"request_rows"}),
     ({"join_check.json": join(delay_max_ms=1500.0)}, {"logging_delay"}),
     ({"join_check.json": "not json"}, {"request_rows", "response_rows", "join_integrity", "logging_delay"}),
@@ -193,11 +254,21 @@ def test_each_defect_fails_its_criterion(tmp_path, files, expected):
     assert only_failed(results(make_run(tmp_path, **files))) == expected
 
 
+def fresh(**over) -> dict:
+    f = copy.deepcopy(FRESH)
+    for k, v in over.items():
+        if isinstance(v, dict):
+            f[k].update(v)
+        else:
+            f[k] = v
+    return f
+
+
 def test_md5_rule_in_force_fails_scram_even_with_scram_verifier(tmp_path):
     hba = copy.deepcopy(HBA)
     hba[1]["auth_method"] = "md5"
-    run = make_run(tmp_path, **{"db_auth_check.json": auth(
-        hba_rules=hba, fresh_connection={"system_user": "md5:litellm_writer"})})
+    run = make_run(tmp_path, **{"db_auth_check.json": auth(hba_rules=hba), "gateway_db_connect.log": connect_log(
+        fresh=fresh(auth={"system_user": "md5:litellm_writer", "method": "md5"}))})
     assert only_failed(results(run)) == {"db_scram"}
 
 
@@ -220,8 +291,55 @@ def test_rule_for_other_address_does_not_count(tmp_path):
 
 
 def test_fresh_connection_md5_alone_fails(tmp_path):
-    run = make_run(tmp_path, **{"db_auth_check.json": auth(fresh_connection={"system_user": "md5:litellm_writer"})})
+    run = make_run(tmp_path, **{"gateway_db_connect.log": connect_log(
+        fresh=fresh(auth={"system_user": "md5:litellm_writer", "method": "md5"}))})
     assert only_failed(results(run)) == {"db_scram"}
+
+
+def crit(run: Path, name: str):
+    return next(c for c in verdict.compute(run, SECRETS) if c.name == name)
+
+
+def test_scram_figure_names_every_part_it_checked(tmp_path):
+    figure = crit(make_run(tmp_path), "db_scram").figure
+    for part in ("hba for 10.89.71.18: hostssl scram-sha-256", "verifier SCRAM-SHA-256",
+                 "fresh connection from gateway (10.89.71.18): scram-sha-256 by SYSTEM_USER",
+                 "pool gateway (10.89.71.18): scram-sha-256"):
+        assert part in figure, figure
+
+
+def test_missing_fresh_connection_fails_instead_of_passing_silently(tmp_path):
+    run = make_run(tmp_path, **{"gateway_db_connect.log": connect_log(fresh=None)})
+    assert only_failed(results(run)) == {"db_scram", "db_tls"}
+    assert "fresh connection from gateway: none in the file" in crit(run, "db_scram").figure
+
+
+def test_failed_fresh_connection_fails(tmp_path):
+    run = make_run(tmp_path, **{"gateway_db_connect.log": connect_log(
+        fresh={"connected": False, "error": "OperationalError: password authentication failed"})})
+    assert only_failed(results(run)) == {"db_scram", "db_tls"}
+    assert "password authentication failed" in crit(run, "db_scram").figure
+
+
+def test_connect_line_without_client_address_fails_scram(tmp_path):
+    c = copy.deepcopy(CONNECT)
+    del c["client_addr"]
+    run = make_run(tmp_path, **{"gateway_db_connect.log": connect_log(connects=(c,))})
+    assert only_failed(results(run)) == {"db_scram"}
+
+
+def test_address_the_server_saw_is_judged_by_pg_hba(tmp_path):
+    """The gateway connects from an address the inventory does not name (a second interface,
+    NAT): pg_hba is evaluated for what the server saw, and here an md5 rule admits it."""
+    c = copy.deepcopy(CONNECT)
+    c["client_addr"] = "10.89.71.77"
+    hba = copy.deepcopy(HBA) + [{"line_number": 3, "type": "hostssl", "database": ["all"], "user_name": ["all"],
+                                 "address": "10.89.71.77", "netmask": "255.255.255.255", "auth_method": "md5",
+                                 "error": None}]
+    run = make_run(tmp_path, **{"gateway_db_connect.log": connect_log(connects=(c,)),
+                                "db_auth_check.json": auth(hba_rules=hba)})
+    assert only_failed(results(run)) == {"db_scram"}
+    assert "hba for 10.89.71.77: hostssl md5" in crit(run, "db_scram").figure
 
 
 def test_md5_verifier_fails_scram(tmp_path):
@@ -319,7 +437,9 @@ def _collected(**over) -> dict:
          "expected_units": {"db": ["postgresql@17-main.service"], "gateway": ["litellm-gateway.service"]},
          "gateways": ["gateway"],
          "hosts": {"db": None, "gateway": {"units": ["litellm-gateway.service"], "show": [show],
-                                           "status": [status], "journal": journal, "since": "Fri"}},
+                                           "status": [status], "journal": journal, "since": "Fri",
+                                           "connect_check": {"cmd": ["systemd-run", "connect-check"], "rc": 0,
+                                                             "stdout": json.dumps(FRESH), "stderr": ""}}},
          "chat": {"cmd": ["python3"], "rc": 0, "stdout": json.dumps(chat()), "stderr": ""},
          "cli": {"join_check_json": {"cmd": ["x"], "rc": 0, "stdout": json.dumps(join()), "stderr": ""},
                  "requests_head": {"cmd": ["x"], "rc": 1, "stdout": "", "stderr": "boom"}},
@@ -343,6 +463,7 @@ def test_evidence_renders_masks_and_writes(tmp_path, monkeypatch, capsys):
     assert "### host=db unit=postgresql@17-main.service\nActiveState=unknown" in status
     log = (tmp_path / "gateway_db_connect.log").read_text()
     assert "noise" not in log and "event=connect" in log
+    assert "### host=gateway check=connect-check" in log and '"client_addr": "10.89.71.18"' in log
     assert "[stderr]\nboom" in (tmp_path / "requests_head.txt").read_text()
     assert "error" in json.loads((tmp_path / "responses_head.json").read_text())
     assert json.loads((tmp_path / "run.json").read_text())["units"]["postgresql"] == PG_UNIT
@@ -387,3 +508,206 @@ def test_missing_or_incomplete_manifest_fails(tmp_path, bad):
 def test_expected_calls_come_from_the_manifest(tmp_path):
     run = make_run(tmp_path, **{"run.json": manifest(calls=K + 1)})
     assert {"http_chat", "request_rows", "response_rows", "join_integrity"} <= only_failed(results(run))
+
+
+# ------------------------------------------------------- the run = its tag AND the play's key
+
+@pytest.mark.parametrize("name", ["join_check.json", "requests_head.json", "responses_head.json"])
+def test_evidence_not_limited_to_the_plays_key_fails(tmp_path, name):
+    """Tags are caller-chosen: rows counted by tag alone may be anyone's."""
+    unfiltered = {"join_check.json": join(key_hash12=None), "requests_head.json": req_head(key12=None),
+                  "responses_head.json": resp_head(key12=None)}[name]
+    res = results(make_run(tmp_path, **{name: unfiltered}))
+    failed = only_failed(res)
+    assert failed and failed <= {"request_rows", "response_rows", "join_integrity"}
+
+
+def test_rows_of_other_keys_with_the_runs_tag_are_named_not_counted(tmp_path):
+    run = make_run(tmp_path, **{"join_check.json": join(other_key_rows=3)})
+    assert only_failed(results(run)) == set()
+    figure = crit(run, "request_rows").figure
+    assert "made with the play's key (api_key_hash h1:0a1b2c3d4" in figure
+    assert "3 rows of the tag made with other keys, not counted" in figure
+
+
+def test_response_rows_show_every_status(tmp_path):
+    head = resp_head()
+    head["by_status"]["client_disconnected"] = {"responses": 2, "total_tokens": 40, "cost_usd": 0.0001}
+    figure = crit(make_run(tmp_path, **{"responses_head.json": head}), "response_rows").figure
+    assert "by status: client_disconnected 2 (40 tokens" in figure and "success 5 (150 tokens" in figure
+
+
+def test_duplicate_call_ids_are_reported_as_information(tmp_path):
+    c = crit(make_run(tmp_path, **{"join_check.json": join(duplicate_call_ids=2)}), "join_integrity")
+    assert c.result == "PASS" and "duplicate_call_ids 2 (information" in c.figure
+
+
+# --------------------------------------------------------------------- HTTPS of the chat calls
+
+@pytest.mark.parametrize("calls", [
+    chat(url="http://10.89.71.18:4000/v1/chat/completions", tls_version=None, verified=False),
+    chat(verified=False),
+    chat(tls_version="TLSv1.1"),
+    chat(tls_version=None),
+], ids=["plain-http", "unverified", "tls-1.1", "no-tls-version"])
+def test_chat_calls_not_over_verified_tls_fail_https(tmp_path, calls):
+    assert only_failed(results(make_run(tmp_path, **{"chat_call.json": calls}))) == {"gateway_https"}
+
+
+def test_https_figure_names_version_and_verification(tmp_path):
+    c = crit(make_run(tmp_path), "gateway_https")
+    assert c.result == "PASS"
+    assert "5/5 calls over HTTPS with a verified certificate (TLSv1.3 TLS_AES_256_GCM_SHA384)" in c.figure
+
+
+def test_plain_http_by_choice_is_info_never_pass(tmp_path):
+    run = make_run(tmp_path, **{"run.json": {**manifest(), "gateway_https": False},
+                                "chat_call.json": chat(url="http://10.89.71.18:4000/v1/chat/completions",
+                                                       tls_version=None, verified=False)})
+    c = crit(run, "gateway_https")
+    assert c.result == "INFO" and "plain HTTP by configuration" in c.figure
+    assert only_failed(results(run)) == set()
+
+
+# --------------------------------------------------------------------- secrets: every file
+
+def test_secret_in_a_file_outside_the_contract_fails(tmp_path):
+    run = make_run(tmp_path)
+    (run / "notes.txt").write_text(f"left behind: {SECRETS[2]}\n")
+    assert only_failed(results(run)) == {"no_secrets"}
+    (run / "notes.txt").unlink()
+    (run / "raw").mkdir()
+    (run / "raw" / "dump.json").write_text(json.dumps({"k": SECRETS[0]}))
+    assert only_failed(results(run)) == {"no_secrets"}
+
+
+def test_summary_files_are_searched_as_written(tmp_path):
+    """A secret that reaches a figure (here a host name holding it) is masked in SUMMARY.md and
+    summary.json, and no_secrets says FAIL and where; the figure counts every file."""
+    run = make_run(tmp_path)
+    crits = verdict.compute(run, SECRETS)
+    n_before = len([p for p in run.iterdir() if p.is_file()])
+    clean = verdict.write_summary(run, crits, {"run_id": "x"}, SECRETS)
+    no_sec = next(c for c in clean["criteria"] if c["name"] == "no_secrets")
+    assert clean["verdict"] == "PASS" and no_sec["result"] == "PASS"
+    assert f"searched in all {n_before + 2} files of the run directory" in no_sec["figure"]
+    leaky = [verdict.Criterion(c.name, c.title, c.passed, c.figure + f" (host {SECRETS[1]})", c.source)
+             if c.name == "gateway_active" else c for c in crits]
+    summary = verdict.write_summary(run, leaky, {"run_id": "x"}, SECRETS)
+    assert summary["verdict"] == "FAIL" and summary["failed"] == ["no_secrets"]
+    no_sec = next(c for c in summary["criteria"] if c["name"] == "no_secrets")
+    assert "SUMMARY.md (masked)" in no_sec["figure"] and "summary.json (masked)" in no_sec["figure"]
+    for name in ("SUMMARY.md", "summary.json"):
+        text = (run / name).read_text()
+        assert SECRETS[1] not in text and "********" in text
+
+
+def test_stale_summary_holding_a_secret_is_replaced(tmp_path, monkeypatch, capsys):
+    import io
+    run = make_run(tmp_path)
+    (run / "SUMMARY.md").write_text(f"old {SECRETS[0]}\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps({"secrets": SECRETS})))
+    assert verdict.main(["--run-dir", str(run), "--secrets-on-stdin"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "PASS"
+    for p in run.iterdir():
+        assert SECRETS[0] not in p.read_text()
+
+
+# ------------------------------------------------------------------ backups (backup_pitr)
+
+def _backup_crit(tmp_path, info) -> verdict.Criterion:
+    run = make_run(tmp_path, **{"pgbackrest_info.json": info})
+    assert only_failed(results(run)) <= {"backup_pitr"}
+    return next(c for c in verdict.compute(run, SECRETS) if c.name == "backup_pitr")
+
+
+def test_healthy_backups_pass_with_their_figures(tmp_path):
+    crit = _backup_crit(tmp_path, backup_info())
+    assert crit.result == "PASS", crit.figure
+    # the diff is 3 h old; the union of both timers has a 24 h longest gap (+10 min delay, +2 h grace)
+    assert "newest backup 20261123-011500F_20261125-011500D (diff) 3.0 h old, allowed 26.2 h" in crit.figure
+    assert "newest full 48.0 h old, allowed 170.2 h" in crit.figure
+    assert "pgbackrest check passed" in crit.figure
+
+
+def _aged(diff_age_h: float, full_age_h: float) -> list[dict]:
+    return [{"label": "F", "type": "full", "error": False,
+             "timestamp": {"start": NOW - full_age_h * 3600 - 1, "stop": NOW - full_age_h * 3600}},
+            {"label": "F_D", "type": "diff", "error": False,
+             "timestamp": {"start": NOW - diff_age_h * 3600 - 1, "stop": NOW - diff_age_h * 3600}}]
+
+
+@pytest.mark.parametrize("info,why", [
+    # the daily schedule missed a day: newest backup 27 h old (allowed 26.2 h)
+    (backup_info(backups=_aged(27, 48)), "newest backup F_D (diff) 27.0 h old, allowed 26.2 h"),
+    # diffs run, but the weekly full did not: 8 days old (allowed 7 d + 2 h 10 min)
+    (backup_info(backups=_aged(3, 8 * 24)), "newest full 192.0 h old, allowed 170.2 h"),
+    (backup_info(backups=[{**b, "error": True} for b in _aged(3, 48)]), "no valid backup"),
+    (backup_info(backups=[]), "no valid backup"),
+    (backup_info(status=99), "stanza status 99"),
+    (backup_info(check_rc=82), "pgbackrest check failed (exit 82): ERROR: [082]"),
+    (backup_info(archiver={"archive_mode": "on", "archived_count": 42, "failed_count": 3,
+                           "last_archived_epoch": NOW - 600, "last_failed_epoch": NOW - 20,
+                           "last_failed_wal": "000000010000000000000043"}), "the archiver's last attempt failed"),
+    (backup_info(archiver={"archive_mode": "off", "archived_count": 0, "failed_count": 0}), "archive_mode is 'off'"),
+    (backup_info(archiver={}, archiver_error="connection refused"), "pg_stat_archiver not read: connection refused"),
+    (backup_info(info=None, info_rc=1, info_stderr="HostConnectError"), "pgbackrest info gave no stanza"),
+    (backup_info(collected_at=None), "no collected_at"),
+    ({"repository_hosts": [], "error": "no host in group pgbackrest_repo: no backups are configured"},
+     "no backups are configured"),
+    ({"repository_hosts": ["gateway"], "error": "no data from the repository host"}, "no data from the repository host"),
+])
+def test_each_backup_defect_fails_backup_pitr(tmp_path, info, why):
+    crit = _backup_crit(tmp_path, info)
+    assert crit.result == "FAIL" and why in crit.figure, crit.figure
+
+
+def test_stopped_or_disabled_timer_fails(tmp_path):
+    info = backup_info()
+    info["timers"][1]["show"]["ActiveState"] = "inactive"
+    crit = _backup_crit(tmp_path, info)
+    assert crit.result == "FAIL" and "timer pgbackrest-backup-diff.timer: inactive/enabled" in crit.figure
+
+
+def test_unreadable_schedule_fails(tmp_path):
+    info = backup_info()
+    info["timers"][0]["calendar_analysis"] = "Failed to parse calendar specification"
+    crit = _backup_crit(tmp_path, info)
+    assert crit.result == "FAIL" and "no schedule read" in crit.figure and "no full backup timer" in crit.figure
+
+
+def test_the_allowed_age_follows_the_schedule(tmp_path):
+    """The same 27 h old backup passes when the timers only ask for one every two days."""
+    info = backup_info(backups=_aged(27, 48))
+    info["timers"][1]["calendar_analysis"] = _calendar(NOW + 86400, 2 * 86400)
+    crit = _backup_crit(tmp_path, info)
+    assert crit.result == "PASS", crit.figure
+
+
+def test_an_old_failure_before_the_last_success_passes(tmp_path):
+    arch = {"archive_mode": "on", "archived_count": 42, "failed_count": 1, "last_archived_epoch": NOW - 30,
+            "last_archived_wal": "000000010000000000000042", "last_failed_epoch": NOW - 3600,
+            "last_failed_wal": "000000010000000000000030"}
+    assert _backup_crit(tmp_path, backup_info(archiver=arch)).result == "PASS"
+
+
+def test_missing_backup_file_fails_only_backup_pitr(tmp_path):
+    assert only_failed(results(make_run(tmp_path, **{"pgbackrest_info.json": None}))) == {"backup_pitr"}
+
+
+def test_evidence_writer_renders_the_backup_files(tmp_path):
+    timers = [{"type": "full", "unit": "pgbackrest-backup-full.timer",
+               "show": "Id=pgbackrest-backup-full.timer\nActiveState=active\nUnitFileState=enabled\n",
+               "calendar": _calendar(NOW + 86400, 7 * 86400)}]
+    backup = {"host": "gateway", "stanza": "pglog", "collected_at": f"{NOW}\n", "grace_s": 7200,
+              "info_json": {"cmd": ["pgbackrest"], "rc": 0, "stderr": "",
+                            "stdout": json.dumps(backup_info()["info"])},
+              "info_text": {"cmd": ["pgbackrest", "info"], "rc": 0, "stdout": "stanza: pglog\n    status: ok", "stderr": ""},
+              "check": {"cmd": ["pgbackrest", "check"], "rc": 0, "stdout": "", "stderr": ""},
+              "timers": timers, "archiver": {"archive_mode": "on"}, "archiver_error": ""}
+    data = write_evidence.backup_json(backup, ["gateway"])
+    assert data["collected_at"] == NOW and data["info"][0]["name"] == "pglog"
+    assert data["timers"][0]["show"]["ActiveState"] == "active" and len(verdict.elapses(data["timers"][0]["calendar_analysis"])) == 12
+    text = write_evidence.backup_text(backup, ["gateway"])
+    assert "status: ok" in text and "### timer type=full" in text
+    assert write_evidence.backup_json(None, [])["error"].startswith("no host in group pgbackrest_repo")

@@ -52,6 +52,25 @@ GATEWAY_STATE_DIR = _gw("litellm_gateway_state_dir")
 GATEWAY_PORT = int(_gw("litellm_gateway_port"))
 PGLOG_CLI = f"{GATEWAY_BASE}/current/bin/litellm-pglog"
 GATEWAY_PYTHON = f"{GATEWAY_BASE}/current/bin/python"
+# HTTPS (the lab keeps the role's default: on, certificate from the bed's private CA)
+GATEWAY_TLS = bool(role_defaults("litellm_gateway")["litellm_gateway_tls_enabled"])
+GATEWAY_SCHEME = "https" if GATEWAY_TLS else "http"
+GATEWAY_URL = f"{GATEWAY_SCHEME}://{ADDRESSES['gateway']}:{GATEWAY_PORT}"
+# the CA certificate as the role installs it on the gateway host (health checks use it)
+GATEWAY_TLS_CA = _gw("litellm_gateway_tls_ca_file").replace("{{ litellm_gateway_config_dir }}", GATEWAY_CONFIG_DIR)
+# the bed's private CA on the control node (role pki), which signs the gateway's certificate
+LAB_CA = LAB_DIR / "pki" / "ca.crt"
+# where install_ca() puts it on a client container
+CLIENT_CA = "/usr/local/share/pglog-test/ca.crt"
+
+
+def install_ca(container: str) -> str:
+    """Copies the bed's CA certificate onto a client container (podman cp; idempotent) and
+    returns its path there, for curl --cacert and the load generator's --ca-file."""
+    subprocess.run(["podman", "exec", container, "mkdir", "-p", os.path.dirname(CLIENT_CA)],
+                   check=True, timeout=60)
+    subprocess.run(["podman", "cp", str(LAB_CA), f"{container}:{CLIENT_CA}"], check=True, timeout=60)
+    return CLIENT_CA
 
 
 # --- secrets --------------------------------------------------------------------------
@@ -68,9 +87,11 @@ def lab_secrets() -> dict[str, str]:
     """Every secret value of the bed, by the variable name the lab inventory gives it."""
     return {
         "litellm_master_key": "sk-" + lab_secret("litellm_master_key"),
+        "litellm_team_key": "sk-" + lab_secret("litellm_team_key"),
         "pglog_owner_password": lab_secret("pglog_owner_password"),
         "pglog_writer_password": lab_secret("pglog_writer_password"),
         "upstream_stub_api_key": lab_secret("upstream_stub_api_key"),
+        "pglog_backup_passphrase": lab_secret("pglog_backup_passphrase"),
     }
 
 

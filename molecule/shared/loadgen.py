@@ -18,6 +18,9 @@ pace). Each call carries the run tag (`metadata.tags: ["run:<tag>"]`) and a uniq
   wrongkey       a wrong key                                    -> 401
   unknown_model  a model the gateway does not serve             -> 400
 
+https URLs are called with the certificate verified (chain and host name) against
+--ca-file (else the system's trust store); there is no switch to skip verification.
+
 Output on stdout: ONE JSON document {"summary": {...}, "calls": [...]}; each call has its
 index, kind, HTTP status (0 = no answer), the x-litellm-call-id header, start and end
 (epoch seconds) and an error text for calls without an answer.
@@ -29,6 +32,7 @@ import argparse
 import http.client
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -67,10 +71,17 @@ def build(kind: str, i: int, args: argparse.Namespace, key: str) -> tuple[bytes,
     return data, headers
 
 
-def call(i: int, kind: str, args: argparse.Namespace, key: str, url: urllib.parse.SplitResult) -> dict:
+def connection(url: urllib.parse.SplitResult, timeout: float, ctx: ssl.SSLContext | None) -> http.client.HTTPConnection:
+    if url.scheme == "https":
+        return http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=timeout, context=ctx)
+    return http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout)
+
+
+def call(i: int, kind: str, args: argparse.Namespace, key: str, url: urllib.parse.SplitResult,
+         ctx: ssl.SSLContext | None = None) -> dict:
     data, headers = build(kind, i, args, key)
     rec = {"i": i, "kind": kind, "status": 0, "call_id": None, "start": time.time(), "end": None}
-    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=args.timeout)
+    conn = connection(url, args.timeout, ctx)
     try:
         conn.request("POST", url.path or "/", body=data, headers=headers)
         resp = conn.getresponse()
@@ -89,8 +100,9 @@ def call(i: int, kind: str, args: argparse.Namespace, key: str, url: urllib.pars
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", required=True, help="http://<gateway>:4000/v1/chat/completions")
+    p.add_argument("--url", required=True, help="https://<gateway>:4000/v1/chat/completions")
     p.add_argument("--key-file", required=True, help="file holding the gateway key (sk-...)")
+    p.add_argument("--ca-file", help="CA certificate the gateway's certificate chains to (https)")
     p.add_argument("--model", default="stub-small")
     p.add_argument("--tag", required=True, help="run id; sent as metadata tag run:<tag>")
     p.add_argument("--rate", type=float, default=5.0, help="calls per second")
@@ -110,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.key_file, encoding="utf-8") as fh:
         key = fh.read().strip()
     url = urllib.parse.urlsplit(args.url)
+    ctx = ssl.create_default_context(cafile=args.ca_file) if url.scheme == "https" else None
 
     results: list[dict] = []
     lock = threading.Lock()
 
     def run(i: int) -> None:
-        rec = call(i, kinds[i % len(kinds)], args, key, url)
+        rec = call(i, kinds[i % len(kinds)], args, key, url, ctx)
         with lock:
             results.append(rec)
 

@@ -11,9 +11,10 @@ testinfra_hosts = podman_hosts_in("all")
 # comes from the inventory, else from the role's defaults; nothing else may
 # listen (any address).
 SERVICE_PORTS = {
-    "postgresql": ("postgresql", "postgresql_port"),
-    "litellm_gateway": ("litellm_gateway", "litellm_gateway_port"),
-    "upstream_stub": ("upstream_stub", "upstream_stub_port"),
+    "postgresql": [("postgresql", "postgresql_port"), ("pgbackrest", "pgbackrest_tls_port")],
+    "litellm_gateway": [("litellm_gateway", "litellm_gateway_port")],
+    "upstream_stub": [("upstream_stub", "upstream_stub_port")],
+    "pgbackrest_repo": [("pgbackrest", "pgbackrest_tls_port")],
 }
 
 
@@ -21,10 +22,10 @@ def allowed_tcp_ports(name, groups):
     hostvars = inventory_vars(name)
     ports = set()
     for group in groups & SERVICE_PORTS.keys():
-        role, var = SERVICE_PORTS[group]
-        value = hostvars.get(var, role_defaults(role).get(var))
-        if value is not None:
-            ports.add(int(value))
+        for role, var in SERVICE_PORTS[group]:
+            value = hostvars.get(var, role_defaults(role).get(var))
+            if value is not None:
+                ports.add(int(value))
     return ports
 
 
@@ -42,6 +43,25 @@ def test_base_packages_installed(host):
     wanted = role_defaults("base")["base_packages"]
     missing = [p for p in wanted if not host.package(p).is_installed]
     assert not missing, f"base packages missing: {missing}"
+
+
+def test_security_updates_are_an_apt_source(host):
+    out = host.run("grep -rhE '^[^#]*[a-z]+-security' /etc/apt/sources.list /etc/apt/sources.list.d")
+    assert out.rc == 0 and "-security" in out.stdout, "no *-security apt source"
+    assert host.run("apt-cache policy | grep -q -- '-security'").rc == 0, "apt has not read the security index"
+
+
+def test_cheap_hardening(host):
+    defaults = role_defaults("base")
+    # a stricter login umask reaches sudo (pam_umask), hence Ansible's become: it made the
+    # gateway's release venv unreadable to its service user; it stays 022 (none set: trixie's default)
+    umasks = [line.split()[1] for line in host.file("/etc/login.defs").content_string.splitlines()
+              if line.split()[:1] == ["UMASK"]]
+    assert all(u.lstrip("0") == "22" for u in umasks), umasks
+    assert host.file("/etc/sudoers.d").mode == 0o750
+    blocked = host.file("/etc/modprobe.d/pglog-hardening.conf").content_string
+    for module in defaults["base_blocked_kernel_modules"]:
+        assert f"install {module} /bin/false" in blocked
 
 
 def test_time_zone(host):

@@ -10,6 +10,8 @@ Runtime: one validate run takes ~1 min on the bed; the module makes seven.
 
 import json
 import os
+import subprocess
+import threading
 import time
 
 import pytest
@@ -19,21 +21,26 @@ from bedlib import (
     GATEWAY_CONFIG,
     GATEWAY_PORT,
     GATEWAY_PYTHON,
+    GATEWAY_SCHEME,
+    GATEWAY_TLS_CA,
     GATEWAY_UNIT,
     PG_CONF_DIR,
     PG_UNIT,
+    GATEWAY_URL,
     PROJECT,
     hosts_in,
+    install_ca,
     lab_secrets,
     run_playbook,
 )
 
 CONTRACT = json.loads((PROJECT / "roles" / "validate" / "files" / "contract.json").read_text())
 EVIDENCE_FILES = [*CONTRACT["evidence_files"]["card"], *CONTRACT["evidence_files"]["config"],
-                  *CONTRACT["evidence_files"]["verdict"], CONTRACT["manifest"]]
+                  *CONTRACT["evidence_files"]["verdict"], CONTRACT["manifest"],
+                  *CONTRACT["evidence_files"]["judged"], *CONTRACT["evidence_files"]["extra"]]
 CRITERIA = {
-    "gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "request_rows",
-    "response_rows", "join_integrity", "logging_delay", "pool_reuse", "no_secrets",
+    "gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "gateway_https", "request_rows",
+    "response_rows", "join_integrity", "logging_delay", "pool_reuse", "backup_pitr", "no_secrets",
 }
 CONFIG = GATEWAY_CONFIG
 PG_HBA = f"{PG_CONF_DIR}/pg_hba.conf"
@@ -99,7 +106,8 @@ def wait_gateway_healthy(gw, timeout=120):
     deadline = time.monotonic() + timeout
     addr = gw.run("hostname -I").stdout.split()[0]
     while time.monotonic() < deadline:
-        if gw.run(f"curl -sf -o /dev/null http://{addr}:{GATEWAY_PORT}/health/liveliness").rc == 0:
+        if gw.run(f"curl -sf --cacert {GATEWAY_TLS_CA} -o /dev/null "
+                  f"{GATEWAY_SCHEME}://{addr}:{GATEWAY_PORT}/health/liveliness").rc == 0:
             return
         time.sleep(2)
     pytest.fail("gateway did not become healthy after the repair")
@@ -113,10 +121,48 @@ def psql(db, sql):
 
 # ----------------------------------------------------------------- healthy bed
 
+FOREIGN_CALLS = 3
+
+
+def tag_the_run_from_another_key(evidence_dir, found, timeout=180):
+    """A caller with the non-admin lab key learns the run's tag (here: from the run directory
+    as soon as the play makes it) and sends calls carrying it. Tags are caller-chosen; the
+    evidence must count only the play's own key and name these apart."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [d for d in evidence_dir.iterdir() if d.is_dir() and not d.is_symlink()]
+        if runs:
+            break
+        time.sleep(0.2)
+    else:
+        return
+    t = f"run:{runs[0].name}"
+    db = hosts_in("postgresql")[0]
+    ca = install_ca(db)
+    subprocess.run(["podman", "exec", "-i", db, "sh", "-c", "umask 077; cat > /run/validate-test-team.hdr"],
+                   input=f"Authorization: Bearer {lab_secrets()['litellm_team_key']}\n", text=True, check=True,
+                   timeout=60)
+    body = json.dumps({"model": "stub-small", "messages": [{"role": "user", "content": "not the play's call"}],
+                       "metadata": {"tags": [t]}})
+    for _ in range(FOREIGN_CALLS):
+        p = subprocess.run(["podman", "exec", "-i", db, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--cacert", ca, "-H", "@/run/validate-test-team.hdr", "-H", "Content-Type: application/json",
+                            "--data-binary", "@-", f"{GATEWAY_URL}/v1/chat/completions"],
+                           input=body, capture_output=True, text=True, timeout=60, check=False)
+        found.append(p.stdout)
+    subprocess.run(["podman", "exec", db, "rm", "-f", "/run/validate-test-team.hdr"], timeout=60, check=False)
+
+
 @pytest.fixture(scope="module")
 def healthy_run(evidence_dir):
+    foreign: list[str] = []
+    intruder = threading.Thread(target=tag_the_run_from_another_key, args=(evidence_dir, foreign), daemon=True)
+    intruder.start()
     proc, run_dir, summary, secs = run_validate(evidence_dir)
-    print(f"validate.yml on the healthy bed: {secs:.0f} s, rc {proc.returncode}")
+    intruder.join(timeout=120)
+    print(f"validate.yml on the healthy bed: {secs:.0f} s, rc {proc.returncode}; calls of another key with the "
+          f"run's tag: {foreign}")
+    assert foreign == ["200"] * FOREIGN_CALLS, foreign
     return proc, run_dir, summary
 
 
@@ -154,11 +200,28 @@ def test_evidence_holds_the_real_figures(healthy_run):
     assert ex["usage"]["total_tokens"] > 0 and float(ex["response_cost"]) > 0
     join = json.loads((run_dir / "join_check.json").read_text())
     assert join["request_rows"] == join["response_rows"] == join["matched_pairs"] == 5
+    # over HTTPS, the certificate verified against the bed CA, TLS 1.2 or newer
+    assert ex["tls"]["scheme"] == "https" and ex["tls"]["cert_verified"] is True
+    assert {c["tls_version"] for c in chat["calls"]} <= {"TLSv1.2", "TLSv1.3"}
     log = (run_dir / "gateway_db_connect.log").read_text()
     connect = [ln for ln in log.splitlines() if "event=connect " in ln]
     assert connect, log
     line = json.loads(connect[0].split("event=connect ", 1)[1])
     assert line["ssl"]["server_ssl"] is True and line["auth"]["method"].startswith("scram-sha-256")
+    # the source address the server saw, and a fresh connection described the same way
+    gw_addr = GATEWAY_URL.split("//", 1)[1].rsplit(":", 1)[0]
+    assert line["client_addr"] == gw_addr
+    fresh = [ln for ln in log.splitlines() if ln.startswith("event=connect_check ")]
+    assert len(fresh) == 1, log
+    fresh_line = json.loads(fresh[0].split(" ", 1)[1])
+    assert fresh_line["connected"] is True and fresh_line["client_addr"] == gw_addr
+    assert fresh_line["auth"]["system_user"].startswith("scram-sha-256:")
+    crits = {c["name"]: c for c in json.loads((run_dir / "summary.json").read_text())["criteria"]}
+    assert f"fresh connection from {hosts_in('litellm_gateway')[0]} ({gw_addr}): scram-sha-256" \
+        in crits["db_scram"]["figure"]
+    # the secret search covered every file, the summary's two included
+    n_files = len([p for p in run_dir.iterdir() if p.is_file()])
+    assert f"searched in all {n_files} files of the run directory" in crits["no_secrets"]["figure"]
     config = (run_dir / "config.redacted.yaml").read_text()
     assert "litellm_pglog.callback" in config
     status = (run_dir / "service_status.txt").read_text()
@@ -174,9 +237,9 @@ def test_stopped_gateway_fails_gateway_active(gw, evidence_dir):
     finally:
         gw.run(f"systemctl start {GATEWAY_UNIT}")
         wait_gateway_healthy(gw)
-    # no gateway: no HTTP answer, so no rows either
+    # no gateway: no HTTP(S) answer, so no TLS session and no rows either
     assert_only_failed(proc, summary, {
-        "must": {"gateway_active", "http_chat", "request_rows", "response_rows"},
+        "must": {"gateway_active", "http_chat", "gateway_https", "request_rows", "response_rows"},
         "may": {"join_integrity", "logging_delay", "db_tls"}})
 
 
@@ -249,6 +312,18 @@ def test_md5_in_pg_hba_fails_db_scram(db, evidence_dir):
     assert_only_failed(proc, summary, {"must": {"db_scram"}})
     crit = next(c for c in summary["criteria"] if c["name"] == "db_scram")
     assert "md5" in crit["figure"]
+
+
+def test_rows_another_key_tagged_with_the_run_are_named_not_counted(healthy_run):
+    """The intruder's calls carried the run's tag: the evidence counted the play's key only,
+    and says how many rows of the tag came from other keys."""
+    _, run_dir, summary = healthy_run
+    join = json.loads((run_dir / "join_check.json").read_text())
+    assert join["other_key_rows"] == FOREIGN_CALLS and join["request_rows"] == 5, join
+    assert join["key_hash12"].startswith("h1:")
+    crit = next(c for c in summary["criteria"] if c["name"] == "request_rows")
+    assert crit["result"] == "PASS" and f"{FOREIGN_CALLS} rows of the tag made with other keys" in crit["figure"]
+    assert "not counted" in (run_dir / "requests_head.txt").read_text()
 
 
 def test_a_run_from_elsewhere_lands_in_the_root_evidence_dir(tmp_path, healthy_run):

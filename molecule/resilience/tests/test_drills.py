@@ -34,8 +34,10 @@ import alerting
 import bedlib
 from bedlib import (
     ADDRESSES,
+    CLIENT_CA,
     GATEWAY_CONFIG_DIR,
     GATEWAY_ENV_FILE,
+    GATEWAY_SCHEME,
     GATEWAY_UNIT,
     LAB_DIR,
     PG_UNIT,
@@ -97,22 +99,27 @@ def run_tag(name: str) -> str:
 
 
 class Load:
-    """The load generator running on the db container (podman exec in the background)."""
+    """The load generator running on the db container (podman exec in the background), or on
+    `host` (a drill that destroys the db container runs it on the gateway host)."""
 
-    def __init__(self, tag: str, duration: float, count: int, rate: float = RATE, **opts: object) -> None:
-        self.tag = tag
+    def __init__(self, tag: str, duration: float, count: int, rate: float = RATE, host: str = DB,
+                 url: str | None = None, **opts: object) -> None:
+        self.tag, self.host = tag, host
         self.limit = duration + 90  # bounded: duration + the last calls' timeout + slack
-        args = ["--url", f"http://{GW_ADDR}:{port()}/v1/chat/completions", "--key-file", KEY_FILE,
+        url = url or f"{GATEWAY_SCHEME}://{GW_ADDR}:{port()}/v1/chat/completions"
+        if url.startswith("https:"):
+            bedlib.install_ca(host)  # idempotent; the load generator verifies the gateway's certificate
+        args = ["--url", url, "--key-file", KEY_FILE, "--ca-file", CLIENT_CA,
                 "--model", model(), "--tag", tag, "--rate", str(rate), "--duration", str(duration),
                 "--count", str(count), "--stop-file", STOP_FILE, "--timeout", "30"]
         for k, v in opts.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
-        sh(DB, f"rm -f {STOP_FILE}")
-        self.proc = subprocess.Popen(["podman", "exec", DB, "python3", LOADGEN, *args],
+        sh(host, f"rm -f {STOP_FILE}")
+        self.proc = subprocess.Popen(["podman", "exec", host, "python3", LOADGEN, *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def stop(self) -> None:
-        sh(DB, f"touch {STOP_FILE}")
+        sh(self.host, f"touch {STOP_FILE}")
 
     def wait(self) -> tuple[dict, list[dict]]:
         try:
@@ -202,7 +209,8 @@ def wait_for(what: str, check, timeout: float, every: float = 1.0) -> float:
 
 
 def gateway_answers() -> bool:
-    probe = (f"python3 {LOADGEN} --url http://{GW_ADDR}:{port()}/v1/chat/completions --key-file {KEY_FILE}"
+    probe = (f"python3 {LOADGEN} --url {GATEWAY_SCHEME}://{GW_ADDR}:{port()}/v1/chat/completions"
+             f" --key-file {KEY_FILE} --ca-file {CLIENT_CA}"
              f" --model {model()} --tag probe --count 1 --rate 1 --timeout 10")
     p = sh(DB, probe, timeout=30, check=False)
     try:
@@ -253,6 +261,7 @@ def drill_bed():
     sh(DB, f"mkdir -p {os.path.dirname(LOADGEN)}; umask 077; : > {KEY_FILE}")
     subprocess.run(["podman", "cp", str(Path(bedlib.__file__).with_name("loadgen.py")), f"{DB}:{LOADGEN}"],
                    check=True, timeout=60)
+    bedlib.install_ca(DB)  # the client verifies the gateway's certificate
     subprocess.run(["podman", "exec", "-i", DB, "sh", "-c", f"umask 077; cat > {KEY_FILE}"],
                    input=key, text=True, check=True, timeout=60)
     wait_for("the gateway to answer", gateway_answers, 120, every=3)

@@ -15,10 +15,13 @@ _DATA: dict[str, Any] = json.loads((Path(__file__).resolve().parent / "contract.
 
 EVENT_LINE = re.compile(_DATA["event_line"]["regex"])
 EVIDENCE_EVENTS: tuple[str, ...] = tuple(_DATA["event_line"]["evidence_events"])
+FRESH_CONNECT_EVENT: str = _DATA["event_line"]["fresh_connect_event"]
 SECRET_MIN_LENGTH: int = int(_DATA["secret_min_length"])
 MANIFEST: str = _DATA["manifest"]
 CARD_FILES: tuple[str, ...] = tuple(_DATA["evidence_files"]["card"])
 JUDGED_FILES: tuple[str, ...] = tuple(_DATA["evidence_files"]["judged"])
+# human-readable companions of judged files (never judged themselves)
+EXTRA_FILES: tuple[str, ...] = tuple(_DATA["evidence_files"]["extra"])
 CONFIG_FILES: tuple[str, ...] = tuple(_DATA["evidence_files"]["config"])
 VERDICT_FILES: tuple[str, ...] = tuple(_DATA["evidence_files"]["verdict"])
 

@@ -24,7 +24,8 @@ _GENERIC = [
     re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s\"']+:)(?!\*{8}@)[^@\s\"']+(?P<post>@)", re.I),
     # password=secret, "password": "secret", PGLOG_DB_PASSWORD=secret
     # (the secret word must end the key: password_encryption or prompt_tokens are not secrets)
-    re.compile(r"(?P<pre>\b[\w-]*(?:password|passwd|secret|secret[_-]?key|api[_-]?key|master[_-]?key"
+    re.compile(r"(?P<pre>\b[\w-]*(?:password|passwd|passphrase|cipher[_-]?pass|secret|secret[_-]?key"
+               r"|api[_-]?key|master[_-]?key"
                r"|access[_-]?token|auth[_-]?token)[\"']?\s*[:=]\s*[\"']?)(?!\*{8})(?!os\.environ/)"
                r"[^\s\"',}]+", re.I),
     # Authorization: Bearer xyz

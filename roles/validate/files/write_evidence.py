@@ -8,17 +8,21 @@ stdin carries the secrets to mask (never a command line or the environment, whic
 Ansible shows at high verbosity) and the raw results of the collecting tasks:
 
   {"secrets": [...], "run_id": ..., "tag": ..., "calls": K, "max_logging_delay_ms": MS,
-   "units": {group: unit}, "expected_units": {host: [unit, ...]},
+   "units": {group: unit}, "expected_units": {host: [unit, ...]}, "gateway_https": bool,
    "hosts": {host: {"groups": [...], "units": [...], "show": [cmdres], "status": [cmdres],
-                    "journal": cmdres | null, "since": str} | null},
-   "chat": cmdres, "cli": {name: cmdres}, "db_auth": {...}, "config": str}
+                    "journal": cmdres | null, "since": str, "connect_check": cmdres | null} | null},
+   "chat": cmdres, "cli": {name: cmdres}, "db_auth": {...}, "config": str,
+   "backup": {"host", "stanza", "collected_at", "grace_s", "info_json": cmdres, "info_text": cmdres,
+              "check": cmdres, "timers": [{"type", "unit", "show", "calendar"}], "archiver": {...}} | null,
+   "backup_hosts": [...]}
 
   cmdres = {"cmd": [...], "rc": int, "stdout": str, "stderr": str}
 
 Writes the run's manifest (run.json: what the verdict judges against) and the files that
 contract.json lists: service_status.txt, gateway_db_connect.log, chat_call.json,
 requests_head.txt, responses_head.txt, join_check.txt (+ the CLI's --json output as *.json,
-which is what verdict.py judges), db_auth_check.json and config.redacted.yaml. Raw output
+which is what verdict.py judges), db_auth_check.json, pgbackrest_info.json (+ .txt) and
+config.redacted.yaml. Raw output
 is kept as it came; only secrets are masked (scrub.py).
 """
 from __future__ import annotations
@@ -80,6 +84,9 @@ def service_status(hosts: dict[str, Any], expected_units: dict[str, list[str]]) 
 
 
 def connect_log(hosts: dict[str, Any], gateways: list[str]) -> str:
+    """Per gateway: the pool's connect and pool_stats lines since the unit's start (journal), then
+    the fresh connection the play opened (`litellm-pglog connect-check`) as one
+    `event=connect_check {json}` line. Both show the client address the server saw."""
     parts = []
     for host in gateways:
         data = hosts.get(host) or {}
@@ -93,6 +100,18 @@ def connect_log(hosts: dict[str, Any], gateways: list[str]) -> str:
             parts += lines or [f"(no event={' / event='.join(contract.EVIDENCE_EVENTS)} line since the unit's start)"]
             if journal.get("rc") not in (0, 1) and journal.get("stderr"):
                 parts.append("[stderr] " + journal["stderr"].strip())
+        check = data.get("connect_check")
+        parts.append(f"### host={host} check=connect-check")
+        parts.append(_cmd(check))
+        try:
+            fresh = json.loads((check or {}).get("stdout") or "")
+        except ValueError:
+            fresh = None
+        if isinstance(fresh, dict):
+            parts.append(f"event={contract.FRESH_CONNECT_EVENT} {json.dumps(fresh, sort_keys=True)}")
+        else:
+            parts.append("(no fresh connection was described)" + (f"\n[stderr] {check['stderr'].strip()}"
+                                                                   if check and check.get("stderr") else ""))
     return "\n".join(parts)
 
 
@@ -117,6 +136,61 @@ def cli_json(res: dict[str, Any] | None) -> str:
                            "stderr": (res or {}).get("stderr")}, indent=2)
 
 
+def _props(text: str) -> dict[str, str]:
+    """`systemctl show` output as a dict."""
+    return dict(line.split("=", 1) for line in (text or "").splitlines() if "=" in line)
+
+
+def backup_json(backup: dict[str, Any] | None, repo_hosts: list[str]) -> dict[str, Any]:
+    """pgbackrest_info.json: what verdict.py's backup_pitr judges. The info JSON parsed,
+    the check's exit code and output, each timer's properties and the raw
+    `systemd-analyze calendar` output of its calendar (the verdict reads the elapses
+    there), pg_stat_archiver and the archiving settings of the first database host."""
+    if not backup:
+        return {"repository_hosts": repo_hosts,
+                "error": ("no data from the repository host" if repo_hosts
+                          else "no host in group pgbackrest_repo: no backups are configured")}
+    info_res = backup.get("info_json") or {}
+    try:
+        info = json.loads(info_res.get("stdout") or "")
+    except ValueError:
+        info = None
+    check = backup.get("check") or {}
+    collected = str(backup.get("collected_at") or "").strip()
+    return {
+        "repository_hosts": repo_hosts,
+        "host": backup.get("host"),
+        "stanza": backup.get("stanza"),
+        "collected_at": int(collected) if collected.isdigit() else None,
+        "grace_s": backup.get("grace_s"),
+        "info": info,
+        "info_rc": info_res.get("rc"),
+        "info_stderr": (info_res.get("stderr") or "").strip(),
+        "check": {"rc": check.get("rc"),
+                  "output": ((check.get("stdout") or "") + (check.get("stderr") or "")).strip()},
+        "timers": [{"type": t.get("type"), "unit": t.get("unit"), "show": _props(t.get("show") or ""),
+                    "calendar_analysis": t.get("calendar") or ""} for t in backup.get("timers") or []],
+        "archiver": backup.get("archiver") or {},
+        "archiver_error": backup.get("archiver_error") or "",
+    }
+
+
+def backup_text(backup: dict[str, Any] | None, repo_hosts: list[str]) -> str:
+    """pgbackrest_info.txt: the same for a human (pgBackRest's own text output)."""
+    if not backup:
+        return backup_json(backup, repo_hosts)["error"]
+    parts = [f"### host={backup.get('host')} stanza={backup.get('stanza')}",
+             cli_text(backup.get("info_text")), "", cli_text(backup.get("check")), ""]
+    for t in backup.get("timers") or []:
+        parts += [f"### timer type={t.get('type')} unit={t.get('unit')}", (t.get("show") or "").strip(),
+                  (t.get("calendar") or "").strip(), ""]
+    parts += ["### pg_stat_archiver and archiving settings (first database host)",
+              json.dumps(backup.get("archiver") or {}, indent=2, sort_keys=True, default=str)]
+    if backup.get("archiver_error"):
+        parts.append("[error] " + str(backup["archiver_error"]))
+    return "\n".join(parts)
+
+
 def render(c: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     hosts = c.get("hosts") or {}
     expected_units = c.get("expected_units") or {}
@@ -127,12 +201,17 @@ def render(c: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
         "chat_call.json": chat_call(c.get("chat")),
         "db_auth_check.json": json.dumps(c.get("db_auth") or {}, indent=2, sort_keys=True, default=str),
     }
+    repo_hosts = list(c.get("backup_hosts") or [])
+    files["pgbackrest_info.json"] = json.dumps(backup_json(c.get("backup"), repo_hosts), indent=2,
+                                               sort_keys=True, default=str)
+    files["pgbackrest_info.txt"] = backup_text(c.get("backup"), repo_hosts)
     cli = c.get("cli") or {}
     for key, name in CLI_FILES.items():
         files[name] = cli_json(cli.get(key)) if name.endswith(".json") else cli_text(cli.get(key))
     files[contract.MANIFEST] = json.dumps(manifest(c), indent=2, sort_keys=True)
     config = {"config.redacted.yaml": c.get("config") or "# config.yaml could not be read\n"}
-    missing = set(contract.CARD_FILES + contract.JUDGED_FILES + contract.CONFIG_FILES) - set(files) - set(config)
+    listed = contract.CARD_FILES + contract.JUDGED_FILES + contract.EXTRA_FILES + contract.CONFIG_FILES
+    missing = set(listed) - set(files) - set(config)
     if missing:  # the contract and this renderer disagree: a bug, never a silent gap
         raise RuntimeError(f"write_evidence.py renders no {sorted(missing)}")
     return files, config
@@ -142,7 +221,9 @@ def manifest(c: dict[str, Any]) -> dict[str, Any]:
     """What the verdict judges against: the run, its bounds and the unit of each group."""
     return {"run_id": c.get("run_id"), "tag": c.get("tag"), "expected_calls": c.get("calls"),
             "max_logging_delay_ms": c.get("max_logging_delay_ms"), "units": c.get("units") or {},
-            "expected_units": c.get("expected_units") or {}}
+            "expected_units": c.get("expected_units") or {},
+            # false only when the inventory turned HTTPS off; the verdict then says INFO, never PASS
+            "gateway_https": c.get("gateway_https") is not False}
 
 
 def main(argv: list[str]) -> int:

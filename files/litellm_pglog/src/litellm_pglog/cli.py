@@ -1,4 +1,5 @@
-"""`litellm-pglog`: migrate, status, replay, evidence. Connection from the PGLOG_* environment.
+"""`litellm-pglog`: migrate, status, replay, evidence, connect-check, report. Connection from the
+PGLOG_* environment.
 
 Exit codes: 0 ok, 1 the command ran and found a problem (e.g. schema mismatch in status),
 2 usage/configuration error.
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 from sqlalchemy import text
 
 from . import evidence as ev
+from . import records
 from .config import ConfigError, Settings
 
 
@@ -123,17 +125,27 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not writer.spool.segments() else 1
 
 
+def _key_from_stdin() -> str:
+    """The key on stdin's first line (never an argument: a command line is visible to every
+    user of the host and lands in the journal)."""
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise ValueError("--key-from-stdin: no key on stdin")
+    return key
+
+
 def cmd_evidence(args: argparse.Namespace, settings: Settings) -> int:
+    key_hash = records.stored_key_hash(_key_from_stdin()) if args.key_from_stdin else None
     engine = _engine(settings)
     try:
         with engine.connect() as conn:
             conn.execute(text("SET TRANSACTION READ ONLY"))
             if args.what == "requests-head":
-                res = ev.requests_head(conn, args.tag, args.limit)
+                res = ev.requests_head(conn, args.tag, args.limit, key_hash)
             elif args.what == "responses-head":
-                res = ev.responses_head(conn, args.tag, args.limit)
+                res = ev.responses_head(conn, args.tag, args.limit, key_hash)
             else:
-                res = ev.join_check(conn, args.tag, args.expected)
+                res = ev.join_check(conn, args.tag, args.expected, key_hash)
     finally:
         engine.dispose()
     if args.json:
@@ -141,11 +153,15 @@ def cmd_evidence(args: argparse.Namespace, settings: Settings) -> int:
             res["rows"] = [dict(zip(res["columns"], r)) for r in res["rows"]]
         _dump(res)
         return 0
+    scope = f"tag {args.tag}"
+    if key_hash:
+        scope += (f", made with the key whose api_key_hash starts {res['key_hash12']}"
+                  f" ({res['other_key_rows']} rows of the tag made with other keys are not counted)")
     if args.what == "join-check":
-        print(f"join check for tag {args.tag}")
+        print(f"join check for {scope}")
         print(table(["metric", "value"], [(k, v) for k, v in res.items() if k != "tag"]))
     else:
-        print(f"{args.what} for tag {args.tag} (first {args.limit} rows by id)")
+        print(f"{args.what} for {scope} (first {args.limit} rows by id)")
         print(table(res["columns"], res["rows"]))
         print(f"count: {res['count']}")
         if "totals" in res:
@@ -154,6 +170,48 @@ def cmd_evidence(args: argparse.Namespace, settings: Settings) -> int:
             print(table(["status", "responses", "total_tokens", "cost_usd"],
                         [(s, v["responses"], v["total_tokens"], v["cost_usd"]) for s, v in res["by_status"].items()]))
     return 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from . import report
+
+    since = report.parse_since(args.since)
+    engine = _engine(settings)
+    try:
+        with engine.begin() as conn:
+            state = report.refresh(conn, args.lag) if not args.no_refresh else None
+            columns, rows = report.usage(conn, since, args.by)
+    finally:
+        engine.dispose()
+    if args.format == "json":
+        _dump({"since": args.since, "by": args.by, "rollup": state,
+               "rows": [dict(zip(columns, r)) for r in rows]})
+    elif args.format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows([[_cell(v) for v in r] for r in rows])
+    else:
+        through = f", rollup through {_cell(state['logged_through'])}" if state else ""
+        print(f"usage over the last {args.since} by {args.by}{through}")
+        print(table(columns, rows))
+    return 0
+
+
+def cmd_connect_check(args: argparse.Namespace, settings: Settings) -> int:
+    """One new connection, described as the package's `event=connect` line describes its pool's:
+    how the server authenticates these credentials from this host right now."""
+    from .engine import describe_new_connection, masked_dsn
+
+    try:
+        out: dict[str, Any] = {"connected": True, **describe_new_connection(settings)}
+    except Exception as exc:  # report, do not crash: the verdict judges a failed connection
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        out = {"connected": False, "error": f"{exc.__class__.__name__}: {first}"}
+    out["dsn"] = masked_dsn(settings)
+    _dump(out)
+    return 0 if out["connected"] else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -170,6 +228,17 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--expected", type=int, help="number of calls the run made (join-check)")
     e.add_argument("--limit", type=int, default=20)
     e.add_argument("--json", action="store_true")
+    e.add_argument("--key-from-stdin", action="store_true",
+                   help="count only rows made with the key on stdin's first line (matched by its stored hash)")
+    sub.add_parser("connect-check", help="open one new connection; print (JSON) how the server authenticated it")
+    r = sub.add_parser("report", help="usage from the hourly rollup (refreshed first): calls, tokens, cost, "
+                                      "latency and time-to-first-token percentiles")
+    r.add_argument("--since", default="7d", help="window ending now: 90m, 24h, 7d, 2w (default 7d)")
+    r.add_argument("--by", default="model", choices=("key", "model", "user", "status", "day", "hour"))
+    r.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    r.add_argument("--lag", type=float, default=60.0,
+                   help="seconds of the newest rows left out of the refresh (in-flight inserts; default 60)")
+    r.add_argument("--no-refresh", action="store_true", help="read the rollup as it is")
     return p
 
 
@@ -180,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"litellm-pglog: configuration error: {exc}", file=sys.stderr)
         return 2
-    handler = {"migrate": cmd_migrate, "status": cmd_status, "replay": cmd_replay, "evidence": cmd_evidence}
+    handler = {"migrate": cmd_migrate, "status": cmd_status, "replay": cmd_replay, "evidence": cmd_evidence,
+               "connect-check": cmd_connect_check, "report": cmd_report}
     try:
         return handler[args.cmd](args, settings)
     except ValueError as exc:

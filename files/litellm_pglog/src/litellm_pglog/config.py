@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
+from . import privacy
+
 
 class ConfigError(ValueError):
     """A PGLOG_* variable is missing or malformed."""
@@ -60,6 +62,8 @@ class Settings:
     stats_interval_s: float
     drain_timeout_s: float
     max_payload_bytes: int
+    # PGLOG_LOG_PAYLOADS full|redacted|metadata (+ PGLOG_REDACT_PATTERNS_FILE): privacy.py
+    payload_policy: privacy.Policy = privacy.FULL
     # The metrics endpoint (metrics.py); port 0: none.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
@@ -102,9 +106,17 @@ class Settings:
             stats_interval_s=_float(env, "PGLOG_STATS_INTERVAL_S", 60.0, 0.1),
             drain_timeout_s=_float(env, "PGLOG_DRAIN_TIMEOUT_S", 20.0, 0.0),
             max_payload_bytes=_int(env, "PGLOG_MAX_PAYLOAD_BYTES", 262_144, 1024),
+            payload_policy=_policy(env),
             metrics_host=env.get("PGLOG_METRICS_HOST", "").strip() or "127.0.0.1",
             metrics_port=_int(env, "PGLOG_METRICS_PORT", 0, 0),
         )
+
+
+def _policy(env: Mapping[str, str]) -> privacy.Policy:
+    try:
+        return privacy.Policy.from_env(env)
+    except privacy.PolicyError as exc:
+        raise ConfigError(f"PGLOG_LOG_PAYLOADS / PGLOG_REDACT_PATTERNS_FILE: {exc}") from None
 
 
 @dataclass(frozen=True)

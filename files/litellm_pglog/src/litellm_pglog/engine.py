@@ -2,6 +2,10 @@
 
 What `event=connect` logs, once per new DBAPI connection, and why it is evidence:
   server_version       from the server (`SHOW server_version`)
+  client_addr, client_port, server_addr
+                       the server's view of this connection's two ends (inet_client_addr(),
+                       inet_client_port(), inet_server_addr()): the source address the pg_hba
+                       rule in force was chosen by. NULL over a Unix socket.
   ssl                  the server's own view of this backend (pg_stat_ssl WHERE pid =
                        pg_backend_pid()): ssl true/false, TLS version, cipher, bits; plus
                        libpq's view (ssl_in_use, protocol) -- both sides agree or it shows
@@ -26,6 +30,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy.pool import NullPool
 
 from .config import Settings
 from .events import emit
@@ -101,10 +106,12 @@ def _describe(dbapi_conn: Any, settings: Settings) -> dict[str, Any]:
     cur = dbapi_conn.cursor()
     try:
         cur.execute(
-            "SELECT current_setting('server_version'), current_user, s.ssl, s.version, s.cipher, s.bits"
+            "SELECT current_setting('server_version'), current_user, s.ssl, s.version, s.cipher, s.bits,"
+            " host(inet_client_addr()), inet_client_port(), host(inet_server_addr())"
             " FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()"
         )
-        server_version, user, ssl, ssl_version, cipher, bits = cur.fetchone()
+        (server_version, user, ssl, ssl_version, cipher, bits,
+         client_addr, client_port, server_addr) = cur.fetchone()
         system_user = None
         if info.server_version >= 160000:
             cur.execute("SELECT system_user")
@@ -121,6 +128,9 @@ def _describe(dbapi_conn: Any, settings: Settings) -> dict[str, Any]:
     return {
         "server_version": server_version,
         "backend_pid": info.backend_pid,
+        "client_addr": client_addr,
+        "client_port": client_port,
+        "server_addr": server_addr,
         "ssl": {
             "server_ssl": bool(ssl),
             "version": ssl_version,
@@ -139,6 +149,17 @@ def _describe(dbapi_conn: Any, settings: Settings) -> dict[str, Any]:
         },
         "libpq_version": psycopg2.extensions.libpq_version(),
     }
+
+
+def describe_new_connection(settings: Settings) -> dict[str, Any]:
+    """Opens one new connection (never a pooled one) and describes it as `event=connect` does:
+    how the server authenticates these credentials from this host now (`connect-check`)."""
+    engine = create_engine(url(settings), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return _describe(conn.connection.dbapi_connection, settings)
+    finally:
+        engine.dispose()
 
 
 def make_engine(settings: Settings, stats: PoolStats | None = None, *, log_connect: bool = True,

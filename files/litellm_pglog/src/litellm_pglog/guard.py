@@ -17,6 +17,9 @@ For every request:
      -> 400. The scan is linear, mostly in C
      (bytes.replace/split/translate, itertools.accumulate), never recursive, and yields to the
      event loop on large bodies; LiteLLM's parsers would recurse and stall or fail with a 500;
+     on an inference route, a body that is not a JSON object in UTF-8 or whose `model` is not
+     printable text (inference_body_problem) -> 400: LiteLLM answers those without a row (its
+     400 for malformed JSON) or with a 500 (a model name it cannot echo in a header);
      a JSON body LiteLLM itself would refuse (litellm_body_problem) -> 400 here, not the 500
      its error path gives without a database;
   4. response headers that reveal internals are dropped: every `llm_provider-*` header (the
@@ -192,6 +195,32 @@ async def json_problem(body: bytes, max_depth: int, max_items: int = GuardLimits
             return f"JSON body holds a number too large for a float ({number.group()[:24].decode()}...)"
         if n % 1024 == 1023:
             await asyncio.sleep(0)
+    return None
+
+
+def _printable(text: str) -> bool:
+    """Text a response header can carry (latin-1 without control characters)."""
+    return all(" " <= c <= "~" or "\xa0" <= c <= "\xff" for c in text)
+
+
+def inference_body_problem(body: bytes) -> str | None:
+    """Why a body sent to an inference route cannot be served, or None. Called after
+    json_problem has bounded the body (size, depth, values), so parsing it here is bounded too.
+
+    Found by fuzzing (schemathesis, the bed's test_security): LiteLLM 1.108.7 answers a body
+    that is not JSON (or not UTF-8) with its own 400 before any callback runs -- an answered
+    call without rows; a model name with characters a header cannot carry (it echoes the name
+    in a response header) makes its error handler fail, and the caller gets a plain 500, also
+    without rows. Refused here, such a call gets a 400 and its failure row."""
+    try:
+        data = _loads(body)
+    except (ValueError, RecursionError):  # orjson/json decode errors, invalid UTF-8
+        return "request body is not valid JSON in UTF-8"
+    if not isinstance(data, dict):
+        return f"request body must be a JSON object, not {type(data).__name__}"
+    model = data.get("model")
+    if model is not None and not (isinstance(model, str) and _printable(model)):
+        return "model must be a string of printable characters"
     return None
 
 
@@ -371,6 +400,8 @@ class Guard:
         content_type = (_header(headers, b"content-type") or "").split(";", 1)[0].strip().lower()
         if body and content_type not in _NOT_JSON:
             reason = await json_problem(body, self.limits.max_json_depth, self.limits.max_json_items)
+            if reason is None and auth.is_inference(scope.get("method", "GET"), scope.get("path") or ""):
+                reason = inference_body_problem(body)
             if reason is None:
                 reason = litellm_body_problem(body, scope.get("path") or "")
             if reason:

@@ -122,7 +122,7 @@ def encode(rows: list[dict[str, Any]]) -> bytes:
         for name in _JSON_FIELDS:
             item[name] = orjson.Fragment(row[name])  # already JSON text (records.jsonb)
         for name in _FLOAT_FIELDS:
-            v = row[name]
+            v = row.get(name)  # a column newer than the row (ttft_ms, 0003) is NULL
             if isinstance(v, float) and not math.isfinite(v):
                 item[name] = _NON_FINITE[repr(v)]
         out.append(item)

@@ -35,7 +35,7 @@ its response row
                 replay after a crash between COMMIT and unlink) is counted, not inserted. It
                 carries the event time so it stays valid when the table is partitioned by time.
 
-responses (10 columns) -- exactly one per request row
+responses (11 columns) -- exactly one per request row
   id                 BIGINT identity, primary key
   request_id         BIGINT NOT NULL UNIQUE, FK requests.id ON DELETE CASCADE, indexed
   created_at         TIMESTAMPTZ NOT NULL, indexed -- response end (endTime)
@@ -52,6 +52,9 @@ responses (10 columns) -- exactly one per request row
                      provider's usage report never arrived); a non-streaming call the provider's
                      own usage (the provider finished the answer nobody received). Tokens alike.
   latency_ms         DOUBLE PRECISION NOT NULL -- endTime - startTime
+  ttft_ms            DOUBLE PRECISION NULL -- streaming calls: time to the first chunk
+                     (LiteLLM's completionStartTime - startTime); NULL for non-streaming calls,
+                     failed calls and rows written before revision 0003
   body               JSONB NOT NULL -- the response on success; {"error": {...error_information,
                      "message": error_str}} on failure; for client_disconnected {"error": {...499},
                      "response": what LiteLLM assembled (the partial stream / the undelivered
@@ -83,10 +86,13 @@ from sqlalchemy import (
     Integer,
     Numeric,
     String,
+    CheckConstraint,
+    PrimaryKeyConstraint,
     UniqueConstraint,
     func,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -101,7 +107,7 @@ class Request(Base):
     call_id: Mapped[str] = mapped_column(String(256), nullable=False, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
     logged_at: Mapped[dt.datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now()
+        DateTime(timezone=True), nullable=False, server_default=func.now(), index=True  # rollup refresh (0004)
     )
     model: Mapped[str] = mapped_column(String(255), nullable=False, index=True)
     call_type: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -138,9 +144,48 @@ class Response(Base):
     total_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(18, 10), nullable=False)
     latency_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    ttft_ms: Mapped[float | None] = mapped_column(Double, nullable=True)
     body: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
 
     request: Mapped[Request] = relationship(back_populates="response")
+
+
+class UsageHourly(Base):
+    """The hourly usage rollup (migration 0004; maintained by pglog_rollup_refresh(), read by
+    `litellm-pglog report` and the usage_daily view). Histograms: 64 buckets, three per
+    doubling, bucket i = [2^(i/3), 2^((i+1)/3)) ms."""
+
+    __tablename__ = "usage_hourly"
+
+    hour: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)  # UTC hour of the request
+    api_key_hash: Mapped[str] = mapped_column(String(80), primary_key=True)
+    end_user: Mapped[str] = mapped_column(String(255), primary_key=True)  # '' when none
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(24, 10), nullable=False)
+    latency_ms_sum: Mapped[float] = mapped_column(Double, nullable=False)
+    latency_hist: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    ttft_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)  # streams with a first chunk
+    ttft_hist: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+
+    __table_args__ = (PrimaryKeyConstraint("hour", "api_key_hash", "end_user", "model", "status",
+                                           name="pk_usage_hourly"),)
+
+
+class UsageRollupState(Base):
+    """One row: how far (requests.logged_at) the rollup has read."""
+
+    __tablename__ = "usage_rollup_state"
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    logged_through: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    refreshed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (CheckConstraint("id", name="usage_rollup_state_id_check"),)
 
 
 REQUEST_COLUMNS = (
@@ -149,5 +194,5 @@ REQUEST_COLUMNS = (
 )
 RESPONSE_COLUMNS = (
     "request_id", "created_at", "status", "prompt_tokens", "completion_tokens",
-    "total_tokens", "cost_usd", "latency_ms", "body",
+    "total_tokens", "cost_usd", "latency_ms", "ttft_ms", "body",
 )

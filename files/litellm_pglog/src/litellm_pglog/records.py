@@ -36,13 +36,15 @@ import re
 import time
 from typing import Any
 
+from . import privacy
+
 # LiteLLM fields copied by reference in capture(); everything is read from the
 # standard_logging_object of LiteLLM 1.108.7 (45 keys).
 _SLO_FIELDS = (
     "id", "startTime", "endTime", "model_group", "model", "call_type", "stream", "end_user",
     "request_tags", "messages", "model_parameters", "status", "prompt_tokens",
     "completion_tokens", "total_tokens", "response_cost", "response", "error_str",
-    "error_information", "metadata",
+    "error_information", "metadata", "completionStartTime",
 )
 
 # Format of prepared rows (the spool's lines). Rows without "v" come from a release before
@@ -236,8 +238,23 @@ def _delivery(raw: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def prepare(raw: dict[str, Any], max_payload_bytes: int) -> dict[str, Any]:
-    """One call -> the values of one requests row and one responses row (JSON-able)."""
+def _ttft_ms(raw: dict[str, Any], start: float, end: float, status: str) -> float | None:
+    """Time to the first chunk of a stream. LiteLLM sets completionStartTime at the first chunk
+    (or to endTime when none came, hence: failures have none); for a non-streaming call it is
+    the end of the call, no first-token time, so None."""
+    if not raw.get("stream") or status == STATUS_FAILURE:
+        return None
+    first = _num(raw.get("completionStartTime"), float)
+    if not first or first < start or first > end:
+        return None
+    return (first - start) * 1000.0
+
+
+def prepare(raw: dict[str, Any], max_payload_bytes: int, policy: privacy.Policy = privacy.FULL) -> dict[str, Any]:
+    """One call -> the values of one requests row and one responses row (JSON-able).
+
+    policy (privacy.py) decides how much of the call's text is kept; under "redacted" and
+    "metadata" the caller-chosen strings (call id, end user, tags) are masked too."""
     now = time.time()
     start = _num(raw.get("event_time") or raw.get("startTime") or now, float) or now
     end = _num(raw.get("endTime") or start, float) or start
@@ -270,21 +287,27 @@ def prepare(raw: dict[str, Any], max_payload_bytes: int) -> dict[str, Any]:
     tags = raw.get("request_tags") or []
     if not isinstance(tags, list):
         tags = [tags]
+    tags = [str(t) for t in tags]
+    call_id, end_user = raw.get("id"), raw.get("end_user")
+    if policy.patterns:
+        tags = [policy.mask(t) for t in tags]
+        call_id = policy.mask(str(call_id)) if call_id is not None else None
+        end_user = policy.mask(str(end_user)) if end_user else end_user
     event_id = raw.get("event_id") or new_event_id()
     return {
         "v": ROW_VERSION,
         "event_id": _uuid_text(str(event_id)),
-        "call_id": ident(raw.get("id"), CALL_ID_LEN),
+        "call_id": ident(call_id, CALL_ID_LEN),
         "created_at": start,
         "model": ident(raw.get("model_group") or "", MODEL_LEN),
         "call_type": ident(raw.get("call_type") or "", CALL_TYPE_LEN),
         "stream": bool(raw.get("stream")),
         "api_key_hash": key_hash(metadata.get("user_api_key_hash") if isinstance(metadata, dict) else None),
-        "end_user": ident(raw["end_user"], END_USER_LEN) if raw.get("end_user") else None,
-        "tags": jsonb([str(t) for t in tags], max_payload_bytes),
+        "end_user": ident(end_user, END_USER_LEN) if end_user else None,
+        "tags": jsonb(tags, max_payload_bytes),
         "payload": jsonb(
-            raw["request_payload"] if "request_payload" in raw  # a call the guard refused (guard.py)
-            else {"messages": raw.get("messages"), "model_parameters": raw.get("model_parameters") or {}},
+            policy.refused(raw["request_payload"]) if "request_payload" in raw  # a call the guard refused
+            else policy.payload(raw.get("messages"), raw.get("model_parameters") or {}),
             max_payload_bytes,
         ),
         "ended_at": end,
@@ -294,7 +317,8 @@ def prepare(raw: dict[str, Any], max_payload_bytes: int) -> dict[str, Any]:
         "total_tokens": _num(raw.get("total_tokens"), int),
         "cost_usd": _num(raw.get("response_cost"), float),
         "latency_ms": max(0.0, (end - start) * 1000.0),
-        "body": jsonb(body, max_payload_bytes),
+        "ttft_ms": _ttft_ms(raw, start, end, status),
+        "body": jsonb(policy.body(body), max_payload_bytes),
     }
 
 

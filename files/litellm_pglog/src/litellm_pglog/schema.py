@@ -2,7 +2,9 @@
 
 `migrate()` is idempotent: a second run changes nothing and says so (`changed: false`).
 The writer role gets exactly SELECT, INSERT on requests and responses, USAGE on their identity
-sequences, and SELECT on alembic_version (so the logger can check the revision at start).
+sequences, SELECT on alembic_version (so the logger can check the revision at start) and on
+the usage rollup (usage_hourly, usage_rollup_state, usage_daily), and EXECUTE on
+pglog_rollup_refresh(interval), the one way it can change the rollup.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from sqlalchemy import Connection, Engine, text
 from .dberrors import DatabaseUnreachable, is_connection_error, short
 
 TABLES = ("requests", "responses")
+# the writer reads these (the revision check; reports) and changes none of them
+READ_ONLY = ("alembic_version", "usage_hourly", "usage_rollup_state", "usage_daily")
+# SECURITY DEFINER: the writer may bring the rollup up to date, never write it otherwise
+EXECUTE = ("pglog_rollup_refresh(interval)",)
 
 
 class SchemaMismatch(RuntimeError):
@@ -57,9 +63,14 @@ def _grants(conn: Connection, role: str) -> list[str]:
         if seq and not conn.execute(text("SELECT has_sequence_privilege(:r, :s, 'USAGE')"), {"r": role, "s": seq}).scalar():
             conn.execute(text(f"GRANT USAGE ON SEQUENCE {seq} TO {q(role)}"))  # seq comes quoted from PG
             done.append(f"USAGE ON {seq}")
-    if not conn.execute(text("SELECT has_table_privilege(:r, 'alembic_version', 'SELECT')"), {"r": role}).scalar():
-        conn.execute(text(f"GRANT SELECT ON TABLE alembic_version TO {q(role)}"))
-        done.append("SELECT ON alembic_version")
+    for relation in READ_ONLY:
+        if not conn.execute(text("SELECT has_table_privilege(:r, :t, 'SELECT')"), {"r": role, "t": relation}).scalar():
+            conn.execute(text(f"GRANT SELECT ON TABLE {q(relation)} TO {q(role)}"))
+            done.append(f"SELECT ON {relation}")
+    for function in EXECUTE:
+        if not conn.execute(text("SELECT has_function_privilege(:r, :f, 'EXECUTE')"), {"r": role, "f": function}).scalar():
+            conn.execute(text(f"GRANT EXECUTE ON FUNCTION {function} TO {q(role)}"))
+            done.append(f"EXECUTE ON {function}")
     return done
 
 

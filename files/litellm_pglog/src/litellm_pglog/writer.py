@@ -145,11 +145,12 @@ class Writer:
         """Each record is prepared once in this process: its model/status/tokens/cost are
         counted here (pglog_requests_total etc.), never on the event loop."""
         try:
-            row = records.prepare(raw, self.settings.max_payload_bytes)
+            row = records.prepare(raw, self.settings.max_payload_bytes, self.settings.payload_policy)
         except Exception as exc:  # a record we cannot even serialise: keep what we can
-            emit("prepare_error", logging.ERROR, call_id=str(raw.get("id")), error=short(exc))
+            policy = self.settings.payload_policy
+            emit("prepare_error", logging.ERROR, call_id=policy.mask(str(raw.get("id"))), error=short(exc))
             row = records.prepare({k: raw.get(k) for k in ("id", "startTime", "endTime", "status")},
-                                  self.settings.max_payload_bytes)
+                                  self.settings.max_payload_bytes, policy)
         self.metrics.observe_row(row)
         return row
 
