@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+import alerting
 import bedlib
 from bedlib import (
     ADDRESSES,
@@ -53,6 +54,12 @@ DB_DOWN_S = float(os.environ.get("PGLOG_DRILL_DB_DOWN_S", "120"))
 PARTITION_S = float(os.environ.get("PGLOG_DRILL_PARTITION_S", "60"))
 RATE = float(os.environ.get("PGLOG_DRILL_RATE", "4"))
 SETTLE_S = float(os.environ.get("PGLOG_DRILL_SETTLE_S", "180"))
+# Monitoring (issue 12): bounds for an alert to reach Alertmanager after the fault and to be
+# resolved after the repair. The lab's rule durations (inventory/lab monitoring.yml: scrape and
+# evaluation every 5 s, PostgresDown for 10 s, group_wait 2 s) put both near 20 s; the bound
+# leaves room for a loaded host.
+ALERT_FIRE_S = float(os.environ.get("PGLOG_DRILL_ALERT_FIRE_S", "90"))
+ALERT_RESOLVE_S = float(os.environ.get("PGLOG_DRILL_ALERT_RESOLVE_S", "90"))
 
 DB = hosts_in("postgresql")[0]
 GW = hosts_in("litellm_gateway")[0]
@@ -66,6 +73,7 @@ LOADGEN = "/usr/local/lib/pglog-drill/loadgen.py"
 KEY_FILE = "/root/.pglog-drill-key"
 STOP_FILE = "/tmp/pglog-drill-stop"
 NFT_TABLE = "pglog_drill"
+MONITORED = bool(hosts_in("monitoring"))
 
 
 # --- plumbing ---------------------------------------------------------------------------
@@ -211,6 +219,16 @@ def gateway_answers() -> bool:
         return False
 
 
+def _active_alerts() -> set[str]:
+    """Alert names Alertmanager holds as active (empty on a bed without monitoring)."""
+    if not MONITORED:
+        return set()
+    try:
+        return alerting.active_names()
+    except (AssertionError, ValueError):
+        return set()
+
+
 def unit_active(container: str, unit: str) -> bool:
     return sh(container, f"systemctl is-active {unit}", check=False).stdout.strip() == "active"
 
@@ -255,27 +273,48 @@ def drill_bed():
 
 def test_drill1_db_down():
     """PostgreSQL stopped for DB_DOWN_S under load: answers stay 200, everything spooled is
-    replayed once the database is back."""
+    replayed once the database is back. Monitoring: PostgresDown reaches Alertmanager and the
+    lab webhook sink within ALERT_FIRE_S of the stop and resolves within ALERT_RESOLVE_S of
+    the start (times in the drill's line)."""
     tag = run_tag("dbdown")
     lead = 5
     load = Load(tag, duration=lead + DB_DOWN_S + 10, count=10_000)
     peak = 0
+    alert_fired: dict[str, float] = {}
     try:
         time.sleep(lead)
+        t_stop = time.time()
         sh(DB, f"systemctl stop {PG_UNIT}", timeout=120)
         t_end = time.time() + DB_DOWN_S
         while time.time() < t_end:
             peak = max(peak, status()["spool_segments"])
-            time.sleep(min(10, max(0, t_end - time.time())))
+            for name in _active_alerts() - set(alert_fired):
+                alert_fired[name] = round(time.time() - t_stop, 1)
+            time.sleep(min(3, max(0, t_end - time.time())))
     finally:
         sh(DB, f"systemctl start {PG_UNIT}", timeout=120)
+    t_start = time.time()
     wait_for("postgresql active", lambda: unit_active(DB, PG_UNIT), 60)
+    resolved_s = None
+    if MONITORED and "PostgresDown" in alert_fired:
+        # the API must answer and no longer list it (an unreachable API is "not yet")
+        alerting.wait("PostgresDown to resolve", lambda: "PostgresDown" not in alerting.active_names(),
+                      ALERT_RESOLVE_S)
+        resolved_s = round(time.time() - t_start, 1)
+        alerting.wait("the webhook sink to get PostgresDown resolved",
+                      lambda: alerting.sink_saw("PostgresDown", "resolved", t_stop), ALERT_RESOLVE_S)
     summary, calls = load.wait()
     line = record(1, "db_down", tag, summary, settle(tag, calls), down_s=DB_DOWN_S,
-                  spool_segments_peak=peak)
+                  spool_segments_peak=peak, alert="PostgresDown",
+                  alert_fire_s=alert_fired.get("PostgresDown"), alert_resolve_s=resolved_s,
+                  alerts_fired=alert_fired)
     assert summary["statuses"] == {"200": summary["sent"]}, f"not every call answered 200: {summary['statuses']}"
     assert peak > 0, "nothing was spooled while the database was down (fault not effective?)"
     assert_no_loss(line)
+    if MONITORED:
+        fire = alert_fired.get("PostgresDown")
+        assert fire is not None and fire <= ALERT_FIRE_S, f"PostgresDown not active within {ALERT_FIRE_S} s: {alert_fired}"
+        assert alerting.sink_saw("PostgresDown", "firing", t_stop), "the webhook sink never got PostgresDown firing"
 
 
 def test_drill2_partition():
