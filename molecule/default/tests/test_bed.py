@@ -1,6 +1,8 @@
 """The bed itself and the base role: real systemd, packages, time zone,
 name resolution and reachability, no unexpected listeners."""
 
+import re
+
 import pytest
 
 from bedlib import inventory_vars, podman_hosts_in, role_defaults
@@ -9,23 +11,38 @@ testinfra_hosts = podman_hosts_in("all")
 
 # The TCP port each group's service may listen on: (role, variable). The value
 # comes from the inventory, else from the role's defaults; nothing else may
-# listen (any address).
+# listen (any address). "*": every host.
 SERVICE_PORTS = {
-    "postgresql": [("postgresql", "postgresql_port"), ("pgbackrest", "pgbackrest_tls_port")],
-    "litellm_gateway": [("litellm_gateway", "litellm_gateway_port")],
+    "*": [("exporters", "exporters_node_port")],
+    "postgresql": [("postgresql", "postgresql_port"), ("pgbackrest", "pgbackrest_tls_port"),
+                   ("exporters", "exporters_postgres_port")],
+    "litellm_gateway": [("litellm_gateway", "litellm_gateway_port"),
+                        ("litellm_gateway", "litellm_gateway_metrics_port")],
     "upstream_stub": [("upstream_stub", "upstream_stub_port")],
     "pgbackrest_repo": [("pgbackrest", "pgbackrest_tls_port")],
+    "monitoring": [("monitoring", "monitoring_prometheus_port"), ("monitoring", "monitoring_alertmanager_port"),
+                   ("monitoring", "monitoring_webhook_sink_port")],
 }
+# a role default that reads a shared inventory value: "{{ pglog_x | default(N) }}"
+_SHARED_DEFAULT = re.compile(r"^\{\{\s*(\w+)\s*\|\s*default\((\d+)\)\s*\}\}$")
+
+
+def _port(hostvars, role, var):
+    value = hostvars.get(var, role_defaults(role).get(var))
+    m = _SHARED_DEFAULT.match(value) if isinstance(value, str) else None
+    if m:
+        value = hostvars.get(m.group(1), m.group(2))
+    return None if value is None else int(value)
 
 
 def allowed_tcp_ports(name, groups):
     hostvars = inventory_vars(name)
     ports = set()
-    for group in groups & SERVICE_PORTS.keys():
+    for group in (groups | {"*"}) & SERVICE_PORTS.keys():
         for role, var in SERVICE_PORTS[group]:
-            value = hostvars.get(var, role_defaults(role).get(var))
-            if value is not None:
-                ports.add(int(value))
+            port = _port(hostvars, role, var)
+            if port is not None:
+                ports.add(port)
     return ports
 
 
