@@ -112,10 +112,13 @@ def test_the_writer_may_refresh_but_not_write_the_rollup(engine, rollup_db):
     assert acl and not any(entry.startswith("=") for entry in acl.strip("{}").split(",")), acl
 
 
+def _run(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "litellm_pglog.cli", *args], env={**env, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=60)
+
+
 def _cli(cluster, *args: str) -> str:
-    env = {**cluster.env(), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "litellm_pglog.cli", "report", *args], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = _run(cluster.env(), "report", *args)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -151,14 +154,11 @@ def test_report_reads_the_rollup_not_the_raw_tables(engine, rollup_db):
         cur.execute("GRANT USAGE ON SCHEMA public TO pglog_rollup_only")
         cur.execute("GRANT SELECT ON usage_hourly TO pglog_rollup_only")
     try:
-        env = {**rollup_db.env("pglog_rollup_only", "rollup-only-pw"), "PATH": "/usr/bin:/bin"}
-        out = subprocess.run([sys.executable, "-m", "litellm_pglog.cli", "report", "--no-refresh", "--by", "user",
-                              "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+        env = rollup_db.env("pglog_rollup_only", "rollup-only-pw")
+        out = _run(env, "report", "--no-refresh", "--by", "user", "--format", "json")
         assert out.returncode == 0, out.stderr[-800:]
         assert [r["calls"] for r in json.loads(out.stdout)["rows"]] == [1]
-        denied = subprocess.run([sys.executable, "-c", "import sys; from litellm_pglog.cli import main; "
-                                 "sys.exit(main(['evidence', 'join-check', '--tag', 'x']))"],
-                                env=env, capture_output=True, text=True, timeout=60)
+        denied = _run(env, "evidence", "join-check", "--tag", "x")
         assert denied.returncode != 0 and "permission denied" in denied.stderr  # the probe can fail
     finally:
         with rollup_db.admin(DB) as conn:
@@ -171,7 +171,5 @@ def test_report_reads_the_rollup_not_the_raw_tables(engine, rollup_db):
 
 @pytest.mark.parametrize("since", ["", "7", "0d", "1y", "-3d"])
 def test_bad_since_is_a_usage_error(rollup_db, since):
-    env = {**rollup_db.env(), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "litellm_pglog.cli", "report", f"--since={since}"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = _run(rollup_db.env(), "report", f"--since={since}")
     assert out.returncode == 2 and "expected a positive count and a unit" in out.stderr
