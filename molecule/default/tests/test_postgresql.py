@@ -175,6 +175,8 @@ def pg_vars(host):
         "db": v.get("pglog_db_name", "litellm_db"),
         "owner": v.get("pglog_owner_role", "litellm_owner"),
         "writer": v.get("pglog_writer_role", "litellm_writer"),
+        # the postgres exporter's role (roles/exporters): peer over the socket, no password
+        "monitoring": v.get("pglog_monitoring_db_role", "prometheus"),
     }
 
 
@@ -257,8 +259,8 @@ def test_every_login_password_is_scram(host, pg_vars):
     hashes = dict(r.split("|") for r in rows)
     assert {pg_vars["owner"], pg_vars["writer"]} <= set(hashes)
     for role, prefix in hashes.items():
-        if role == "postgres":  # peer only, no password at all
-            assert prefix == "<none>"
+        if role in ("postgres", pg_vars["monitoring"]):  # peer only, no password at all
+            assert prefix == "<none>", f"{role} has a password"
         else:
             assert prefix == "SCRAM-SHA-256$", f"{role} has a non-SCRAM password"
 
