@@ -124,12 +124,18 @@ def test_install_outside_the_proxy_does_nothing():
     (b'{"model": "a\\u0014"}', "model must be a string of printable characters"),
     (b'{"model": ["gpt"]}', "model must be a string of printable characters"),
     (b'{"model": 5}', "model must be a string of printable characters"),
+    # LiteLLM echoes requested guardrails in a response header: found by the bed's fuzz pass
+    # (2026-12-02: a plain 500, UnicodeEncodeError in starlette's init_headers, no rows)
+    (b'{"stream": true, "guardrails": ["\\u0000\\ud929\\ude7d"]}', "guardrails must name printable"),
+    ('{"guardrails": {"g\U0005a67d": {}}}'.encode(), "guardrails must name printable"),
+    (b'{"metadata": {"guardrails": ["a\\u0014"]}}', "guardrails must name printable"),
 ])
 def test_inference_bodies_litellm_cannot_serve_are_named(body, reason):
     assert reason in guard.inference_body_problem(body)
 
 
 @pytest.mark.parametrize("body", [b'{"model": "stub-small", "messages": []}', b'{"messages": []}',
-                                  '{"model": "caf\u00e9-model"}'.encode(), b"{}"])
+                                  '{"model": "caf\u00e9-model"}'.encode(), b"{}",
+                                  b'{"guardrails": ["pii-mask"]}', b'{"metadata": {"guardrails": []}}'])
 def test_inference_bodies_it_can_serve_pass(body):
     assert guard.inference_body_problem(body) is None

@@ -211,7 +211,8 @@ def inference_body_problem(body: bytes) -> str | None:
     that is not JSON (or not UTF-8) with its own 400 before any callback runs -- an answered
     call without rows; a model name with characters a header cannot carry (it echoes the name
     in a response header) makes its error handler fail, and the caller gets a plain 500, also
-    without rows. Refused here, such a call gets a 400 and its failure row."""
+    without rows; the same for requested guardrails (echoed in a header too). Refused here,
+    such a call gets a 400 and its failure row."""
     try:
         data = _loads(body)
     except (ValueError, RecursionError):  # orjson/json decode errors, invalid UTF-8
@@ -221,7 +222,25 @@ def inference_body_problem(body: bytes) -> str | None:
     model = data.get("model")
     if model is not None and not (isinstance(model, str) and _printable(model)):
         return "model must be a string of printable characters"
+    metadata = data.get("metadata")
+    for guardrails in (data.get("guardrails"), metadata.get("guardrails") if isinstance(metadata, dict) else None):
+        # LiteLLM echoes the requested guardrails in a response header (same failure as model)
+        if guardrails is not None and not all(_printable(t) for t in _strings(guardrails)):
+            return "guardrails must name printable guardrails"
     return None
+
+
+def _strings(value: Any, depth: int = 0) -> list[str]:
+    """Every string (object keys included) in a small JSON value, at most 4 levels down."""
+    if isinstance(value, str):
+        return [value]
+    if depth > 4:
+        return []
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _strings(k, depth + 1) + _strings(v, depth + 1)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v, depth + 1)]
+    return []
 
 
 def litellm_body_problem(body: bytes, path: str) -> str | None:
