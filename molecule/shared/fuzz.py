@@ -26,11 +26,7 @@ import sys
 import time
 import urllib.request
 
-import requests
-import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-from schemathesis.generation import GenerationMode
+from collections.abc import Mapping
 
 ROUTE, METHOD = "/v1/chat/completions", "POST"
 KEY_HEADER = "x-litellm-api-key"
@@ -42,7 +38,26 @@ def openapi(base: str, key: str, ca_file: str) -> dict:
         return json.load(resp)
 
 
+def one_header(headers: Mapping, name: str) -> str | None:
+    """The single value of a response header, whatever shape the client library gives:
+    requests has one string per name, schemathesis 4 a list of strings per name. Two
+    different values for one name are an error of the gateway, not a value to pick from."""
+    values = [v for k, v in headers.items() if k.lower() == name.lower()]
+    flat = [x for v in values for x in (v if isinstance(v, (list, tuple)) else [v])]
+    distinct = sorted(set(flat))
+    if len(distinct) > 1:
+        raise ValueError(f"header {name} has {len(distinct)} different values: {distinct}")
+    return distinct[0] if distinct else None
+
+
 def main(argv: list[str]) -> int:
+    # imported here, so that one_header can be tested without the audit venv
+    import requests
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.generation import GenerationMode
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True)
     ap.add_argument("--ca-file", required=True)
@@ -86,7 +101,12 @@ def main(argv: list[str]) -> int:
             return
         status = str(resp.status_code)
         out["statuses"][status] = out["statuses"].get(status, 0) + 1
-        call_id = resp.headers.get("x-litellm-call-id")
+        try:
+            call_id = one_header(resp.headers, "x-litellm-call-id")
+        except ValueError as exc:
+            out["server_errors"].append({"status": resp.status_code, "call_id": None, "body": str(exc),
+                                         "request": json.dumps(case.body)[:500]})
+            return
         if call_id:
             out["call_ids"].append(call_id)
         else:
