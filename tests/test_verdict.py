@@ -165,6 +165,47 @@ def backup_info(backups=None, status=0, check_rc=0, timers=None, archiver=None, 
     return d
 
 
+def exposition(written=K, dropped=0, rejected=0) -> str:
+    """A gateway's metrics endpoint, as the real logging module's Metrics renders it."""
+    from prometheus_client import generate_latest
+
+    from litellm_pglog.metrics import Metrics
+    mx = Metrics(multiprocess=False)
+    mx.publish({"enqueued": written + dropped + rejected, "written": written, "dropped": dropped,
+                "failed": rejected}, lambda: {"writer_online": 1.0}, force=True)
+    return "# HELP python_info x\npython_info{version=\"3\"} 1.0\n" + generate_latest(mx.registry).decode()
+
+
+def prom_alerts(*alerts) -> str:
+    """Prometheus /api/v1/alerts: (name, state) pairs."""
+    return json.dumps({"status": "success", "data": {"alerts": [
+        {"labels": {"alertname": n, "severity": "critical"}, "annotations": {}, "state": st,
+         "activeAt": "2026-12-02T10:00:00Z", "value": "1e+00"} for n, st in alerts]}})
+
+
+def am_alerts(*names) -> str:
+    """Alertmanager /api/v2/alerts?active=true...: active alerts by name."""
+    return json.dumps([{"labels": {"alertname": n}, "annotations": {}, "startsAt": "2026-12-02T10:00:00Z",
+                        "status": {"state": "active", "silencedBy": [], "inhibitedBy": []}} for n in names])
+
+
+def monitoring(gw_status=200, gw_content=None, prom=None, am=None, prom_status=200, am_status=200) -> dict:
+    """What the play's monitoring stage collects (roles/validate/tasks/monitoring.yml)."""
+    return {"host": "db", "read_at": f"{NOW}\n",
+            "gateways": [{"host": "gateway", "url": "http://10.89.71.18:9464/metrics", "status": gw_status,
+                          "content": exposition() if gw_content is None else gw_content,
+                          "msg": "" if gw_status == 200 else "Connection refused"}],
+            "alerts": [{"source": "prometheus", "url": "http://10.89.71.19:9090/api/v1/alerts", "status": prom_status,
+                        "content": prom_alerts() if prom is None else prom, "msg": ""},
+                       {"source": "alertmanager", "url": "http://10.89.71.19:9093/api/v2/alerts?active=true",
+                        "status": am_status, "content": am_alerts() if am is None else am, "msg": ""}]}
+
+
+def snapshot(mon="healthy", gateways=("gateway",), mon_hosts=("db",)) -> str:
+    """metrics_snapshot.txt as write_evidence.py renders it."""
+    return write_evidence.metrics_snapshot(monitoring() if mon == "healthy" else mon, list(gateways), list(mon_hosts))
+
+
 def make_run(tmp_path: Path, **files) -> Path:
     run = tmp_path / "run"
     run.mkdir(parents=True)
@@ -182,6 +223,7 @@ def make_run(tmp_path: Path, **files) -> Path:
         "config.redacted.yaml": "general_settings:\n  master_key: os.environ/LITELLM_MASTER_KEY\n",
         "run.json": manifest(),
         "pgbackrest_info.json": backup_info(),
+        "metrics_snapshot.txt": snapshot(),
     }
     content.update(files)
     for name, value in content.items():
@@ -197,7 +239,8 @@ def results(run: Path, secrets=SECRETS) -> dict[str, str]:
 
 
 ALL = ["gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "gateway_https", "request_rows",
-       "response_rows", "join_integrity", "logging_delay", "pool_reuse", "backup_pitr", "no_secrets"]
+       "response_rows", "join_integrity", "logging_delay", "pool_reuse", "backup_pitr", "monitoring_clean",
+       "no_secrets"]
 
 
 def only_failed(res: dict[str, str]) -> set[str]:
@@ -711,3 +754,69 @@ def test_evidence_writer_renders_the_backup_files(tmp_path):
     text = write_evidence.backup_text(backup, ["gateway"])
     assert "status: ok" in text and "### timer type=full" in text
     assert write_evidence.backup_json(None, [])["error"].startswith("no host in group pgbackrest_repo")
+
+
+# ------------------------------------------------------------ monitoring_clean (issue 12)
+
+def _mon_crit(tmp_path, text) -> verdict.Criterion:
+    return crit(make_run(tmp_path, **{"metrics_snapshot.txt": text}), "monitoring_clean")
+
+
+def test_healthy_monitoring_passes_with_its_figures(tmp_path):
+    c = _mon_crit(tmp_path, snapshot())
+    assert c.result == "PASS", c.figure
+    assert f"gateway: {K} written, 0 dropped, 0 rejected" in c.figure
+    assert "prometheus: none firing" in c.figure and "alertmanager: none active" in c.figure
+
+
+@pytest.mark.parametrize("mon,why", [
+    (monitoring(gw_content=exposition(dropped=2)), "2 records dropped"),
+    (monitoring(gw_content=exposition(rejected=1)), "1 records rejected"),
+    (monitoring(gw_status=-1, gw_content=""), "gateway: metrics not read (status -1)"),
+    (monitoring(gw_content="# HELP python_info x\npython_info 1.0\n"), "no pglog_records_dropped/rejected/written_total"),
+    (monitoring(prom=prom_alerts(("PostgresDown", "firing"))), "prometheus: firing PostgresDown"),
+    (monitoring(am=am_alerts("GatewayDown")), "alertmanager: active GatewayDown"),
+    (monitoring(prom_status=-1), "prometheus: alerts not read"),
+    (monitoring(am="<html>proxy error</html>"), "alertmanager: 1 unreadable line"),
+    (None, "no host in group monitoring"),
+])
+def test_each_monitoring_defect_fails_monitoring_clean(tmp_path, mon, why):
+    text = write_evidence.metrics_snapshot(mon, ["gateway"], [] if mon is None else ["db"])
+    res = results(make_run(tmp_path, **{"metrics_snapshot.txt": text}))
+    assert only_failed(res) == {"monitoring_clean"}
+    c = crit(tmp_path / "run", "monitoring_clean")
+    assert why in c.figure, c.figure
+
+
+def test_pending_alert_is_named_but_does_not_fail(tmp_path):
+    c = _mon_crit(tmp_path, snapshot(monitoring(prom=prom_alerts(("PglogSpoolGrowing", "pending")))))
+    assert c.result == "PASS" and "(1 pending)" in c.figure
+
+
+def test_a_gateway_missing_from_the_snapshot_fails(tmp_path):
+    """Every gateway of the manifest must have its section: two expected, one scraped."""
+    run = make_run(tmp_path, **{"run.json": {**manifest(), "expected_units": {
+        "gateway": [GW_UNIT], "gateway2": [GW_UNIT], "db": [PG_UNIT]}}})
+    c = crit(run, "monitoring_clean")
+    assert c.result == "FAIL" and "gateway2: metrics not read (status none)" in c.figure
+
+
+def test_missing_snapshot_fails_only_monitoring_clean(tmp_path):
+    assert only_failed(results(make_run(tmp_path, **{"metrics_snapshot.txt": None}))) == {"monitoring_clean"}
+
+
+def test_snapshot_keeps_the_logging_metrics_and_the_alerts_only(tmp_path):
+    text = snapshot(monitoring(prom=prom_alerts(("PostgresDown", "firing"))))
+    assert "### source=gateway host=gateway url=http://10.89.71.18:9464/metrics status=200" in text
+    assert "pglog_records_written_total 5.0" in text and "python_info" not in text
+    line = [ln for ln in text.splitlines() if ln.startswith("{")][0]
+    assert json.loads(line)["alertname"] == "PostgresDown" and json.loads(line)["state"] == "firing"
+
+
+def test_metric_sum_adds_every_label_set_and_tells_absent_from_zero():
+    lines = ['pglog_requests_total{model="a",status="success"} 3.0',
+             'pglog_requests_total{model="b c",status="x}y"} 2.0', "pglog_requests_created 1.7e9",
+             "pglog_records_dropped_total 0.0"]
+    assert verdict.metric_sum(lines, "pglog_requests_total") == 5.0
+    assert verdict.metric_sum(lines, "pglog_records_dropped_total") == 0.0
+    assert verdict.metric_sum(lines, "pglog_records_rejected_total") is None

@@ -5,7 +5,9 @@ The honesty tests break the deployment in one way each, run validate.yml, and ch
 the play fails and that exactly the matching criterion turns FAIL while every criterion is
 still reported; each repairs what it broke and leaves the bed converged.
 
-Runtime: one validate run takes ~1 min on the bed; the module makes seven.
+Every validate run starts from a bed without firing alerts (the break tests before it fire
+some: the stopped gateway fires GatewayDown), so that only the break it makes can fail
+monitoring_clean. Runtime: one validate run takes ~1 min on the bed; the module makes six.
 """
 
 import json
@@ -17,6 +19,7 @@ import time
 import pytest
 import testinfra
 
+from alerting import alertmanager_active, prometheus_firing, wait
 from bedlib import (
     GATEWAY_CONFIG,
     GATEWAY_PORT,
@@ -40,8 +43,11 @@ EVIDENCE_FILES = [*CONTRACT["evidence_files"]["card"], *CONTRACT["evidence_files
                   *CONTRACT["evidence_files"]["judged"], *CONTRACT["evidence_files"]["extra"]]
 CRITERIA = {
     "gateway_active", "postgresql_active", "db_tls", "db_scram", "http_chat", "gateway_https", "request_rows",
-    "response_rows", "join_integrity", "logging_delay", "pool_reuse", "backup_pitr", "no_secrets",
+    "response_rows", "join_integrity", "logging_delay", "pool_reuse", "backup_pitr", "monitoring_clean",
+    "no_secrets",
 }
+# Lab alert timings (inventory/lab): `for` <= 30 s, 5 s scrapes and evaluations, 1 min windows.
+ALERTS_CLEAR_S = 240
 CONFIG = GATEWAY_CONFIG
 PG_HBA = f"{PG_CONF_DIR}/pg_hba.conf"
 VENV_PY = GATEWAY_PYTHON
@@ -81,6 +87,18 @@ def run_validate(evidence_dir, *extra):
     run_dir = latest.resolve() if latest.exists() else None
     summary = json.loads((run_dir / "summary.json").read_text()) if run_dir else None
     return Played(rc, out), run_dir, summary, time.monotonic() - t0
+
+
+def wait_no_alert():
+    """Bounded wait until neither Prometheus nor Alertmanager has an alert firing (the earlier
+    tests' faults resolve within the lab's one-minute windows); fails naming what still fires."""
+    try:
+        secs = wait("no firing alert", lambda: not prometheus_firing() and not alertmanager_active(),
+                    ALERTS_CLEAR_S, every=3)
+    except AssertionError:
+        names = sorted({a["labels"]["alertname"] for a in prometheus_firing() + alertmanager_active()})
+        pytest.fail(f"alerts still firing after {ALERTS_CLEAR_S} s on a repaired bed: {names}")
+    print(f"no firing alert after {secs} s")
 
 
 def results(summary):
@@ -156,6 +174,7 @@ def tag_the_run_from_another_key(evidence_dir, found, timeout=180):
 @pytest.fixture(scope="module")
 def healthy_run(evidence_dir):
     foreign: list[str] = []
+    wait_no_alert()
     intruder = threading.Thread(target=tag_the_run_from_another_key, args=(evidence_dir, foreign), daemon=True)
     intruder.start()
     proc, run_dir, summary, secs = run_validate(evidence_dir)
@@ -226,26 +245,38 @@ def test_evidence_holds_the_real_figures(healthy_run):
     assert "litellm_pglog.callback" in config
     status = (run_dir / "service_status.txt").read_text()
     assert f"unit={GATEWAY_UNIT}" in status and f"unit={PG_UNIT}" in status
+    # the logging metrics as the monitoring host scraped them, after the play's calls
+    snap = (run_dir / "metrics_snapshot.txt").read_text()
+    gw = hosts_in("litellm_gateway")[0]
+    assert f"### source=gateway host={gw} url=http://" in snap and " status=200" in snap, snap[:2000]
+    written = [ln for ln in snap.splitlines() if ln.startswith("pglog_records_written_total ")]
+    assert written and float(written[0].split()[1]) >= 5, snap[:2000]
+    assert "### source=prometheus " in snap and "### source=alertmanager " in snap
+    assert crits["monitoring_clean"]["result"] == "PASS", crits["monitoring_clean"]
+    assert f"{gw}: " in crits["monitoring_clean"]["figure"] and "0 dropped, 0 rejected" in crits["monitoring_clean"]["figure"]
 
 
 # -------------------------------------------------------- honesty: break, check, repair
 
 def test_stopped_gateway_fails_gateway_active(gw, evidence_dir):
+    wait_no_alert()
     assert gw.run(f"systemctl stop {GATEWAY_UNIT}").rc == 0
     try:
         proc, _, summary, _ = run_validate(evidence_dir, "-e", "validate_row_timeout_s=4")
     finally:
         gw.run(f"systemctl start {GATEWAY_UNIT}")
         wait_gateway_healthy(gw)
-    # no gateway: no HTTP(S) answer, so no TLS session and no rows either
+    # no gateway: no HTTP(S) answer, so no TLS session, no rows and no metrics either
     assert_only_failed(proc, summary, {
-        "must": {"gateway_active", "http_chat", "gateway_https", "request_rows", "response_rows"},
+        "must": {"gateway_active", "http_chat", "gateway_https", "request_rows", "response_rows",
+                 "monitoring_clean"},
         "may": {"join_integrity", "logging_delay", "db_tls"}})
 
 
 def test_removed_callback_fails_the_row_criteria(gw, evidence_dir):
     backup = CONFIG + ".validate-test"
     assert gw.run(f"cp -p {CONFIG} {backup}").rc == 0
+    wait_no_alert()
     drop = ("import sys, yaml; p = sys.argv[1]; c = yaml.safe_load(open(p)); "
             "c.get('litellm_settings', {}).pop('callbacks', None); yaml.safe_dump(c, open(p, 'w'))")
     try:
@@ -257,9 +288,10 @@ def test_removed_callback_fails_the_row_criteria(gw, evidence_dir):
         gw.run(f"cp -p {backup} {CONFIG} && rm -f {backup}")
         gw.run(f"systemctl restart {GATEWAY_UNIT}")
         wait_gateway_healthy(gw)
-    # the calls still answer 200; no logger, so no rows and no connection of the package
+    # the calls still answer 200; no logger, so no rows, no connection of the package and no
+    # logging metrics (the package serves them)
     assert_only_failed(proc, summary, {
-        "must": {"request_rows", "response_rows", "join_integrity", "logging_delay"},
+        "must": {"request_rows", "response_rows", "join_integrity", "logging_delay", "monitoring_clean"},
         "may": {"db_tls", "db_scram"}})
     assert results(summary)["http_chat"] == "PASS"
 
@@ -274,6 +306,7 @@ def test_deleted_response_row_fails_the_join(db, evidence_dir):
     # Deletes, right after its insert, the response row of the run's first call (its
     # prompt says "call 1 of"): the run ends with one request row without a response.
     # SECURITY DEFINER: the delete runs as postgres, the writer itself cannot delete.
+    wait_no_alert()
     psql(db, DROP_TRIGGER + """
     CREATE FUNCTION validate_test_delete_response() RETURNS trigger LANGUAGE plpgsql
       SECURITY DEFINER SET search_path = public AS $f$
@@ -297,6 +330,7 @@ def test_deleted_response_row_fails_the_join(db, evidence_dir):
 
 
 def test_md5_in_pg_hba_fails_db_scram(db, evidence_dir):
+    wait_no_alert()
     backup = PG_HBA + ".validate-test"
     assert db.run(f"cp -p {PG_HBA} {backup}").rc == 0
     try:
@@ -332,6 +366,7 @@ def test_a_run_from_elsewhere_lands_in_the_root_evidence_dir(tmp_path, healthy_r
     follows it; the earlier run is kept."""
     _, first_dir, _ = healthy_run
     time.sleep(1.1)  # run ids have a resolution of one second
+    wait_no_alert()
     rc, out = run_playbook(PROJECT / "validate.yml", cwd=tmp_path)
     assert rc == 0, out[-3000:]
     root = PROJECT / "evidence"

@@ -26,6 +26,9 @@ Inputs (written by validate.yml; names and line format from contract.json):
   db_auth_check.json      pg_hba rules, the writer's verifier type, TLS of the writer's backends
   pgbackrest_info.json    pgbackrest info (JSON) and check, the backup timers and their next
                           elapses, pg_stat_archiver of the first database host
+  metrics_snapshot.txt    read on the monitoring host: `### source=gateway host=H url=U status=S`
+                          sections with each gateway's pglog_* metrics (Prometheus text format),
+                          `### source=prometheus|alertmanager ...` sections with one JSON line per alert
 Known secret values (to prove none is in the evidence) come on stdin as
 {"secrets": [...]} (--secrets-on-stdin), never on the command line. The secret search runs
 over every file of DIR, SUMMARY.md and summary.json included (after they are written).
@@ -643,6 +646,72 @@ def check_backup(run_dir: Path) -> Criterion:
     return Criterion("backup_pitr", title, not problems, "; ".join(problems + facts), src)
 
 
+# --------------------------------------------------------------- monitoring
+
+METRICS_FILE = "metrics_snapshot.txt"
+MONITORING_TITLE = "No firing alert, no record dropped or rejected (logging metrics, Prometheus, Alertmanager)"
+_SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{.*\})?\s+(?P<value>\S+)(?:\s+\d+)?\s*$")
+
+
+def metric_sum(lines: list[str], name: str) -> float | None:
+    """Sum of every sample of one metric (all label sets) in Prometheus text lines; None when
+    the metric has no sample at all (it cannot be judged, which is not 0)."""
+    values = [as_float(m.group("value")) for m in map(_SAMPLE.match, lines) if m and m.group("name") == name]
+    values = [v for v in values if v is not None]
+    return sum(values) if values else None
+
+
+def check_monitoring(run_dir: Path, m: Manifest) -> Criterion:
+    """FAIL on any firing alert (Prometheus) or active alert (Alertmanager), any record the logger
+    dropped or the database rejected since the gateway's start, a source that was not read, or
+    a gateway without its counters: every figure from metrics_snapshot.txt."""
+    text = read_text(run_dir, METRICS_FILE)
+    if text is None:
+        return Criterion("monitoring_clean", MONITORING_TITLE, False, f"{METRICS_FILE} missing", METRICS_FILE)
+    secs = sections(text)
+    problems: list[str] = []
+    facts: list[str] = []
+    gateways = {a.get("host"): (a, lines) for a, lines in secs if a.get("source") == "gateway"}
+    for host in m.gateway_hosts:
+        attrs, lines = gateways.get(host, ({}, []))
+        if attrs.get("status") != "200":
+            problems.append(f"{host}: metrics not read (status {attrs.get('status', 'none')})")
+            continue
+        counts = {k: metric_sum(lines, f"pglog_records_{k}_total") for k in ("dropped", "rejected", "written")}
+        missing = [k for k, v in counts.items() if v is None]
+        if missing:
+            problems.append(f"{host}: no pglog_records_{'/'.join(missing)}_total sample")
+            continue
+        for k in ("dropped", "rejected"):
+            if counts[k] > 0:
+                problems.append(f"{host}: {counts[k]:.0f} records {k} since the gateway started")
+        facts.append(f"{host}: {counts['written']:.0f} written, {counts['dropped']:.0f} dropped, "
+                     f"{counts['rejected']:.0f} rejected")
+    for source, firing_state in (("prometheus", "firing"), ("alertmanager", "active")):
+        found = [(a, lines) for a, lines in secs if a.get("source") == source]
+        if not found or found[0][0].get("status") != "200":
+            problems.append(f"{source}: alerts not read" + (f" (status {found[0][0].get('status')})" if found else ""))
+            continue
+        alerts, unreadable = [], 0
+        for line in (ln for ln in found[0][1] if ln.strip()):
+            try:
+                alerts.append(json.loads(line))
+            except ValueError:
+                unreadable += 1
+        if unreadable:
+            problems.append(f"{source}: {unreadable} unreadable line(s)")
+        firing = sorted({str(a.get("alertname")) for a in alerts if isinstance(a, dict) and a.get("state") == firing_state})
+        if firing:
+            problems.append(f"{source}: {firing_state} {', '.join(firing)}")
+        else:
+            pending = sum(1 for a in alerts if isinstance(a, dict) and a.get("state") == "pending")
+            facts.append(f"{source}: none {firing_state}" + (f" ({pending} pending)" if pending else ""))
+    if not secs or all(a.get("source") == "monitoring" for a, _ in secs):
+        problems = [" ".join(ln for _, lines in secs for ln in lines) or "no monitoring data"]
+        facts = []
+    return Criterion("monitoring_clean", MONITORING_TITLE, not problems, "; ".join(problems + facts), METRICS_FILE)
+
+
 # ------------------------------------------------------------------- output
 
 @dataclass
@@ -693,6 +762,7 @@ def compute(run_dir: Path, secrets: list[str]) -> list[Criterion]:
     crits.append(check_delay(run_dir, m.max_logging_delay_ms))
     crits.append(check_pool(run_dir))
     crits.append(check_backup(run_dir))
+    crits.append(check_monitoring(run_dir, m))
     crits.append(check_secrets(run_dir, secrets))
     return crits
 

@@ -14,14 +14,17 @@ Ansible shows at high verbosity) and the raw results of the collecting tasks:
    "chat": cmdres, "cli": {name: cmdres}, "db_auth": {...}, "config": str,
    "backup": {"host", "stanza", "collected_at", "grace_s", "info_json": cmdres, "info_text": cmdres,
               "check": cmdres, "timers": [{"type", "unit", "show", "calendar"}], "archiver": {...}} | null,
-   "backup_hosts": [...]}
+   "backup_hosts": [...],
+   "monitoring": {"host", "read_at", "gateways": [{"host", "url", "status", "content", "msg"}],
+                  "alerts": [{"source": "prometheus" | "alertmanager", "url", "status", "content", "msg"}]} | null,
+   "monitoring_hosts": [...]}
 
   cmdres = {"cmd": [...], "rc": int, "stdout": str, "stderr": str}
 
 Writes the run's manifest (run.json: what the verdict judges against) and the files that
 contract.json lists: service_status.txt, gateway_db_connect.log, chat_call.json,
 requests_head.txt, responses_head.txt, join_check.txt (+ the CLI's --json output as *.json,
-which is what verdict.py judges), db_auth_check.json, pgbackrest_info.json (+ .txt) and
+which is what verdict.py judges), db_auth_check.json, pgbackrest_info.json (+ .txt), metrics_snapshot.txt and
 config.redacted.yaml. Raw output
 is kept as it came; only secrets are masked (scrub.py).
 """
@@ -191,6 +194,57 @@ def backup_text(backup: dict[str, Any] | None, repo_hosts: list[str]) -> str:
     return "\n".join(parts)
 
 
+METRIC_PREFIX = "pglog_"  # the logging module's own metrics (files/litellm_pglog metrics.py)
+
+
+def _alert_lines(source: str, content: str) -> list[str]:
+    """One JSON line per alert: Prometheus' rule alerts (firing and pending, with their state),
+    Alertmanager's active ones (state "active"); an answer that is not the API's JSON is one
+    `(unreadable ...)` line, which the verdict fails."""
+    try:
+        data = json.loads(content or "")
+        raw = data["data"]["alerts"] if source == "prometheus" else data
+        alerts = [{"alertname": (a.get("labels") or {}).get("alertname"),
+                   "state": a.get("state") if source == "prometheus" else (a.get("status") or {}).get("state"),
+                   "since": a.get("activeAt") if source == "prometheus" else a.get("startsAt"),
+                   "labels": a.get("labels") or {}} for a in raw]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return [f"(unreadable answer: {(content or '')[:200]!r})"]
+    return [json.dumps(a, sort_keys=True) for a in sorted(alerts, key=lambda a: str(a["alertname"]))]
+
+
+def metrics_snapshot(mon: dict[str, Any] | None, gateways: list[str], mon_hosts: list[str]) -> str:
+    """metrics_snapshot.txt: what the verdict's monitoring_clean judges. `### source=gateway
+    host=H url=U status=S` with that gateway's pglog_* exposition lines (as scraped, HELP and
+    TYPE included), then `### source=prometheus|alertmanager url=U status=S` with one JSON line
+    per alert. A gateway the scrape did not reach keeps its section, status -1 and the error."""
+    if not mon:
+        why = ("no data from the monitoring host" if mon_hosts
+               else "no host in group monitoring: nothing watches the deployment")
+        return f"### source=monitoring status=-1\n({why})\n"
+    parts = [f"# The logging module's metrics and the alerts at validation time, read on the monitoring "
+             f"host {mon.get('host')} (epoch {str(mon.get('read_at') or '').strip()}).",
+             "# Counters count since the gateway's start; alert lines are the APIs' alerts, one JSON each."]
+    scraped = {g.get("host"): g for g in mon.get("gateways") or []}
+    for host in gateways:
+        g = scraped.get(host) or {}
+        parts.append(f"### source=gateway host={host} url={g.get('url') or '-'} status={g.get('status', -1)}")
+        if g.get("status") == 200:
+            lines = [ln for ln in (g.get("content") or "").splitlines()
+                     if ln.startswith(METRIC_PREFIX) or ln.startswith(("# HELP " + METRIC_PREFIX,
+                                                                         "# TYPE " + METRIC_PREFIX))]
+            parts += lines or ["(no pglog_ metric in the answer)"]
+        else:
+            parts.append(f"(not read: {g.get('msg') or 'no answer'})")
+    for a in mon.get("alerts") or []:
+        parts.append(f"### source={a.get('source')} url={a.get('url') or '-'} status={a.get('status', -1)}")
+        if a.get("status") == 200:
+            parts += _alert_lines(str(a.get("source")), a.get("content") or "")
+        else:
+            parts.append(f"(not read: {a.get('msg') or 'no answer'})")
+    return "\n".join(parts) + "\n"
+
+
 def render(c: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     hosts = c.get("hosts") or {}
     expected_units = c.get("expected_units") or {}
@@ -205,6 +259,8 @@ def render(c: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     files["pgbackrest_info.json"] = json.dumps(backup_json(c.get("backup"), repo_hosts), indent=2,
                                                sort_keys=True, default=str)
     files["pgbackrest_info.txt"] = backup_text(c.get("backup"), repo_hosts)
+    files["metrics_snapshot.txt"] = metrics_snapshot(c.get("monitoring"), gateways,
+                                                     list(c.get("monitoring_hosts") or []))
     cli = c.get("cli") or {}
     for key, name in CLI_FILES.items():
         files[name] = cli_json(cli.get(key)) if name.endswith(".json") else cli_text(cli.get(key))
