@@ -25,6 +25,7 @@ import secrets
 import shlex
 import string
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -219,14 +220,85 @@ def gateway_answers() -> bool:
         return False
 
 
-def _active_alerts() -> set[str]:
-    """Alert names Alertmanager holds as active (empty on a bed without monitoring)."""
-    if not MONITORED:
-        return set()
-    try:
-        return alerting.active_names()
-    except (AssertionError, ValueError):
-        return set()
+class AlertWatch:
+    """Watches Alertmanager's active alerts during one drill, from a thread polling every 2 s
+    (drills block in their load and repair steps): which alert became active when, counted from
+    the fault. After the repair, resolved() waits (bounded) until the drill's alert has left
+    the API and the lab sink got it resolved; check() asserts it fired in time and reached the
+    sink. A bed without a monitoring host watches nothing and checks nothing."""
+
+    POLL_S = 2.0
+
+    def __init__(self, expected: str) -> None:
+        self.expected = expected
+        self.fired: dict[str, float] = {}
+        self.resolve_s: float | None = None
+        self._gone_at: float | None = None
+        self.sink_resolved = False
+        self.t_fault = self.t_repair = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def fault(self) -> None:
+        """Call right before the fault is injected."""
+        self.t_fault = time.time()
+        if MONITORED:
+            self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                active = alerting.active_names()
+            except (AssertionError, ValueError, subprocess.TimeoutExpired):
+                active = None  # the API did not answer: neither fired nor resolved
+            if active is not None:
+                now = time.time()
+                for name in active - set(self.fired):
+                    self.fired[name] = round(now - self.t_fault, 1)
+                if self.expected in self.fired and self.expected not in active and self._gone_at is None:
+                    self._gone_at = now
+            self._stop.wait(self.POLL_S)
+
+    def repaired(self) -> None:
+        """Call right after the repair; the poll goes on until resolved()."""
+        self.t_repair = time.time()
+
+    def resolved(self) -> None:
+        """Bounded wait (ALERT_RESOLVE_S from now) until the poll saw the drill's alert leave
+        the API, then for the sink's resolved notification; the resolve time counts from the
+        repair (the drill's own steps after the repair may have taken part of it)."""
+        if not MONITORED:
+            return
+        try:
+            if self.expected in self.fired:
+                alerting.wait(f"{self.expected} to resolve", lambda: self._gone_at is not None, ALERT_RESOLVE_S)
+                self.resolve_s = round(self._gone_at - self.t_repair, 1)
+                alerting.wait(f"the webhook sink to get {self.expected} resolved",
+                              lambda: alerting.sink_saw(self.expected, "resolved", self.t_fault), ALERT_RESOLVE_S)
+                self.sink_resolved = True
+        except AssertionError:
+            pass  # check() fails on it, after the drill's line is recorded with what was seen
+        finally:
+            self._stop.set()
+            if self._thread.is_alive():
+                self._thread.join(timeout=30)
+
+    def figures(self) -> dict:
+        return {"alert": self.expected, "alert_fire_s": self.fired.get(self.expected),
+                "alert_resolve_s": self.resolve_s, "alerts_fired": dict(self.fired),
+                "alert_resolved_in_sink": self.sink_resolved}
+
+    def check(self, drill: int) -> None:
+        if not MONITORED:
+            return
+        fire = self.fired.get(self.expected)
+        assert fire is not None and fire <= ALERT_FIRE_S, (
+            f"drill {drill}: {self.expected} not active within {ALERT_FIRE_S} s of the fault: {self.fired}")
+        assert alerting.sink_saw(self.expected, "firing", self.t_fault), (
+            f"drill {drill}: the webhook sink never got {self.expected} firing")
+        assert self.resolve_s is not None and self.resolve_s <= ALERT_RESOLVE_S + AlertWatch.POLL_S, (
+            f"drill {drill}: {self.expected} not resolved within {ALERT_RESOLVE_S} s of the repair: {self.figures()}")
+        assert self.sink_resolved, f"drill {drill}: the webhook sink never got {self.expected} resolved"
 
 
 def unit_active(container: str, unit: str) -> bool:
@@ -280,53 +352,43 @@ def test_drill1_db_down():
     lead = 5
     load = Load(tag, duration=lead + DB_DOWN_S + 10, count=10_000)
     peak = 0
-    alert_fired: dict[str, float] = {}
+    watch = AlertWatch("PostgresDown")
     try:
         time.sleep(lead)
-        t_stop = time.time()
+        watch.fault()
         sh(DB, f"systemctl stop {PG_UNIT}", timeout=120)
         t_end = time.time() + DB_DOWN_S
         while time.time() < t_end:
             peak = max(peak, status()["spool_segments"])
-            for name in _active_alerts() - set(alert_fired):
-                alert_fired[name] = round(time.time() - t_stop, 1)
             time.sleep(min(3, max(0, t_end - time.time())))
     finally:
         sh(DB, f"systemctl start {PG_UNIT}", timeout=120)
-    t_start = time.time()
+        watch.repaired()
     wait_for("postgresql active", lambda: unit_active(DB, PG_UNIT), 60)
-    resolved_s = None
-    if MONITORED and "PostgresDown" in alert_fired:
-        # the API must answer and no longer list it (an unreachable API is "not yet")
-        alerting.wait("PostgresDown to resolve", lambda: "PostgresDown" not in alerting.active_names(),
-                      ALERT_RESOLVE_S)
-        resolved_s = round(time.time() - t_start, 1)
-        alerting.wait("the webhook sink to get PostgresDown resolved",
-                      lambda: alerting.sink_saw("PostgresDown", "resolved", t_stop), ALERT_RESOLVE_S)
+    watch.resolved()
     summary, calls = load.wait()
     line = record(1, "db_down", tag, summary, settle(tag, calls), down_s=DB_DOWN_S,
-                  spool_segments_peak=peak, alert="PostgresDown",
-                  alert_fire_s=alert_fired.get("PostgresDown"), alert_resolve_s=resolved_s,
-                  alerts_fired=alert_fired)
+                  spool_segments_peak=peak, **watch.figures())
     assert summary["statuses"] == {"200": summary["sent"]}, f"not every call answered 200: {summary['statuses']}"
     assert peak > 0, "nothing was spooled while the database was down (fault not effective?)"
     assert_no_loss(line)
-    if MONITORED:
-        fire = alert_fired.get("PostgresDown")
-        assert fire is not None and fire <= ALERT_FIRE_S, f"PostgresDown not active within {ALERT_FIRE_S} s: {alert_fired}"
-        assert alerting.sink_saw("PostgresDown", "firing", t_stop), "the webhook sink never got PostgresDown firing"
+    watch.check(1)
 
 
 def test_drill2_partition():
-    """gateway -> db:5432 dropped (nftables on the gateway) for PARTITION_S."""
+    """gateway -> db:5432 dropped (nftables on the gateway) for PARTITION_S. Monitoring: the
+    database stays up (PostgresDown must not be the signal); the writer going offline is, so
+    PglogWriterOffline must fire and resolve within the same bounds as drill 1."""
     tag = run_tag("partition")
     lead = 5
     load = Load(tag, duration=lead + PARTITION_S + 10, count=10_000)
     rules = (f"table inet {NFT_TABLE} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n"
              f"  ip daddr {DB_ADDR} tcp dport 5432 drop\n }}\n}}")
     peak = 0
+    watch = AlertWatch("PglogWriterOffline")
     try:
         time.sleep(lead)
+        watch.fault()
         sh(GW, f"nft -f - <<'EOF'\n{rules}\nEOF")
         t_end = time.time() + PARTITION_S
         rows_start = sum(len(v) for v in db_rows(tag)[0].values())
@@ -338,14 +400,17 @@ def test_drill2_partition():
         rows_end = sum(len(v) for v in db_rows(tag)[0].values())
     finally:
         sh(GW, f"nft delete table inet {NFT_TABLE}", check=False)
+        watch.repaired()
     assert sh(GW, f"nft list table inet {NFT_TABLE}", check=False).returncode != 0, "partition not removed"
+    watch.resolved()
     summary, calls = load.wait()
     line = record(2, "partition", tag, summary, settle(tag, calls), partition_s=PARTITION_S,
                   spool_segments_peak=peak, new_connection_refused=probe.returncode != 0,
-                  rows_written_during_partition=rows_end - rows_start)
+                  rows_written_during_partition=rows_end - rows_start, **watch.figures())
     assert probe.returncode != 0, "drill 2: the gateway could still connect to db:5432 (partition not effective)"
     assert summary["statuses"] == {"200": summary["sent"]}, f"not every call answered 200: {summary['statuses']}"
     assert_no_loss(line)
+    watch.check(2)
 
 
 def test_drill3_gateway_restart():
@@ -395,15 +460,19 @@ def test_drill4_gateway_killed():
 def test_drill6_spool_full():
     """PGLOG_SPOOL_MAX_MB=1 and PGLOG_MEMORY_MAX_RECORDS=40 (drop-in), database down, 20 KB
     prompts: the spool fills (counter spool_full, records held in memory), then memory fills
-    (counter dropped, ERROR event=dropped). Never silent: lost == dropped."""
+    (counter dropped, ERROR event=dropped). Never silent: lost == dropped. Monitoring:
+    PglogRecordsDropped fires within ALERT_FIRE_S of the database stop and resolves (its window
+    past the last drop) within ALERT_RESOLVE_S of the start."""
     tag = run_tag("spoolfull")
     env = "PGLOG_SPOOL_MAX_MB=1\nPGLOG_MEMORY_MAX_RECORDS=40\nPGLOG_STATS_INTERVAL_S=1\n"
     since = time.strftime("%Y-%m-%d %H:%M:%S")
+    watch = AlertWatch("PglogRecordsDropped")
     try:
         sh(GW, f"mkdir -p {os.path.dirname(DROPIN)}; printf '%s' {shlex.quote(env)} > {DRILL_ENV};"
                f" printf '[Service]\\nEnvironmentFile={DRILL_ENV}\\n' > {DROPIN};"
                f" systemctl daemon-reload; systemctl restart {GW_UNIT}", timeout=120)
         wait_for("the gateway to answer with the drill limits", gateway_answers, 120, every=2)
+        watch.fault()
         sh(DB, f"systemctl stop {PG_UNIT}", timeout=120)
         load = Load(tag, duration=60, count=150, rate=5, prompt_bytes=20_000)
         summary, calls = load.wait()
@@ -411,6 +480,7 @@ def test_drill6_spool_full():
         during = counters()
     finally:
         sh(DB, f"systemctl start {PG_UNIT}", timeout=120)
+        watch.repaired()
     try:
         wait_for("postgresql active", lambda: unit_active(DB, PG_UNIT), 60)
         figs = settle(tag, calls, expect_lost=during.get("dropped", 0))
@@ -420,14 +490,17 @@ def test_drill6_spool_full():
     finally:
         sh(GW, f"rm -f {DROPIN} {DRILL_ENV}; systemctl daemon-reload; systemctl restart {GW_UNIT}", timeout=120)
         wait_for("the gateway to answer with its own settings", gateway_answers, 120, every=2)
+        watch.resolved()
     line = record(6, "spool_full", tag, summary, figs, spool_full=during.get("spool_full"),
                   dropped=during.get("dropped"), spooled=during.get("spooled"),
-                  replayed_after=after.get("replayed"), error_events_in_journal=int(journal or 0))
+                  replayed_after=after.get("replayed"), error_events_in_journal=int(journal or 0),
+                  **watch.figures())
     assert summary["statuses"] == {"200": summary["sent"]}, f"not every call answered 200: {summary['statuses']}"
     assert during.get("spool_full", 0) > 0, f"drill 6: counter spool_full is 0: {during}"
     assert figs["lost"] == during.get("dropped", 0), (
         f"drill 6: lost {figs['lost']} != counter dropped {during.get('dropped')} (a silent drop)")
     assert figs["duplicated"] == 0 and figs["orphans"] == 0 and figs["spool_segments_after"] == 0, figs
+    watch.check(6)
 
 
 # oversize: refused before parsing (the gateway's body limit); its failure row carries no tag
