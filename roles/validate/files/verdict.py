@@ -669,6 +669,9 @@ def check_monitoring(run_dir: Path, m: Manifest) -> Criterion:
     if text is None:
         return Criterion("monitoring_clean", MONITORING_TITLE, False, f"{METRICS_FILE} missing", METRICS_FILE)
     secs = sections(text)
+    if not secs or all(a.get("source") == "monitoring" for a, _ in secs):  # nothing was read
+        why = " ".join(ln for _, lines in secs for ln in lines) or "no monitoring data"
+        return Criterion("monitoring_clean", MONITORING_TITLE, False, why, METRICS_FILE)
     problems: list[str] = []
     facts: list[str] = []
     gateways = {a.get("host"): (a, lines) for a, lines in secs if a.get("source") == "gateway"}
@@ -706,9 +709,6 @@ def check_monitoring(run_dir: Path, m: Manifest) -> Criterion:
         else:
             pending = sum(1 for a in alerts if isinstance(a, dict) and a.get("state") == "pending")
             facts.append(f"{source}: none {firing_state}" + (f" ({pending} pending)" if pending else ""))
-    if not secs or all(a.get("source") == "monitoring" for a, _ in secs):
-        problems = [" ".join(ln for _, lines in secs for ln in lines) or "no monitoring data"]
-        facts = []
     return Criterion("monitoring_clean", MONITORING_TITLE, not problems, "; ".join(problems + facts), METRICS_FILE)
 
 
