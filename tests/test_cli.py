@@ -26,6 +26,21 @@ def test_migrate_prints_json_and_is_idempotent(cluster, migrated):
     assert json.loads(out.stdout) == {"changed": False, "revision": code_head(), "previous_revision": code_head(), "granted": []}
 
 
+def test_migrate_pending_says_whether_a_migration_would_run_and_changes_nothing(cluster, migrated):
+    assert json.loads(run(cluster.env(OWNER, OWNER_PW), "migrate", "--pending").stdout) == {
+        "pending": False, "revision": code_head(), "head": code_head()}
+    cluster.create_db("cli_pending")
+    try:
+        env = cluster.env(OWNER, OWNER_PW, "cli_pending")
+        for _ in range(2):  # the question is asked twice: the first answer did not migrate anything
+            assert json.loads(run(env, "migrate", "--pending").stdout) == {
+                "pending": True, "revision": None, "head": code_head()}
+        run(env, "migrate")
+        assert json.loads(run(env, "migrate", "--pending").stdout)["pending"] is False
+    finally:
+        cluster.drop_db("cli_pending")
+
+
 def test_migrate_as_writer_fails(cluster, migrated):
     cluster.create_db("cli_fresh")
     try:

@@ -33,14 +33,24 @@ def test_tables_have_the_documented_columns(cluster, migrated):
     resp = columns(cluster, "responses")
     assert [c for c, _ in req] == ["id", "call_id", "created_at", "logged_at", "model", "call_type", "stream",
                                    "api_key_hash", "end_user", "tags", "payload", "event_id"]
-    assert [c for c, _ in resp] == ["id", "request_id", "created_at", "status", "prompt_tokens",
-                                    "completion_tokens", "total_tokens", "cost_usd", "latency_ms", "body", "ttft_ms"]
+    assert [c for c, _ in resp] == ["id", "request_id", "request_created_at", "created_at", "status",
+                                    "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms",
+                                    "ttft_ms", "body"]
     assert dict(req)["payload"] == "jsonb" and dict(req)["id"] == "bigint" and dict(req)["event_id"] == "uuid"
-    fk = query(cluster, "SELECT confdeltype FROM pg_constraint WHERE conname = 'fk_responses_request_id'")
-    assert fk == [("c",)]  # ON DELETE CASCADE
+    parted = dict(query(cluster, "SELECT c.relname, pg_get_partkeydef(c.oid) FROM pg_partitioned_table p"
+                                 " JOIN pg_class c ON c.oid = p.partrelid"))
+    assert parted == {"requests": "RANGE (created_at)", "responses": "RANGE (request_created_at)"}
+    # every responses partition has ON DELETE CASCADE to its twin requests partition, nothing else
+    links = query(cluster, "SELECT c.relname, f.relname, k.confdeltype FROM pg_constraint k"
+                           " JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class f ON f.oid = k.confrelid"
+                           " WHERE k.contype = 'f' AND k.conparentid = 0 ORDER BY 1")
+    children = [r[0] for r in query(cluster, "SELECT inhrelid::regclass::text FROM pg_inherits"
+                                             " WHERE inhparent = 'responses'::regclass ORDER BY 1")]
+    assert children and [c for c, _, _ in links] == children
+    assert all(f == "requests" + c[len("responses"):] and d == "c" for c, f, d in links)
     idx = {r[0] for r in query(cluster, "SELECT indexname FROM pg_indexes WHERE tablename IN ('requests','responses')")}
-    assert {"ix_requests_created_at", "ix_requests_model", "ix_responses_request_id",
-            "ix_responses_created_at", "ix_requests_call_id", "uq_requests_created_at_event_id"} <= idx
+    assert {"ix_requests_model", "ix_responses_request_id", "ix_responses_created_at", "ix_requests_call_id",
+            "uq_requests_created_at_event_id", "requests_pkey", "responses_pkey"} <= idx
     assert "uq_requests_call_id" not in idx
 
 
@@ -49,11 +59,13 @@ def test_models_match_migration(cluster, migrated):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from litellm_pglog.models import Base
+    from litellm_pglog.models import Base, is_partition
 
     engine = make_engine(Settings.from_env(cluster.env(OWNER, OWNER_PW)), log_connect=False)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(
+            conn, opts={"include_name": lambda name, type_, parents: not (type_ == "table" and is_partition(name))}),
+            Base.metadata)
     engine.dispose()
     assert diff == []
 
@@ -65,9 +77,18 @@ def test_writer_role_is_least_privilege(clean_db):
     cur.execute("INSERT INTO requests (event_id, call_id, created_at, model, call_type, stream, api_key_hash, tags,"
                 " payload) VALUES (gen_random_uuid(), 'g1', now(), 'm', 'c', false, '', '[]', '{}') RETURNING id")
     rid = cur.fetchone()[0]
-    cur.execute("INSERT INTO responses (request_id, created_at, status, prompt_tokens, completion_tokens,"
-                " total_tokens, cost_usd, latency_ms, body) VALUES (%s, now(), 'success', 1, 1, 2, 0, 1, '{}')", (rid,))
+    cur.execute("INSERT INTO responses (request_id, request_created_at, created_at, status, prompt_tokens,"
+                " completion_tokens, total_tokens, cost_usd, latency_ms, body)"
+                " VALUES (%s, now(), now(), 'success', 1, 1, 2, 0, 1, '{}')", (rid,))
     conn.commit()
+    # referential integrity survives the partitioning: no response without its request, whether the
+    # id or the day is wrong (the day's twin foreign key checks both)
+    for bad_id, bad_day in ((rid + 1000, "now()"), (rid, "now() - interval '1 day'"), (rid, "'1999-01-01'")):
+        with pytest.raises(psycopg2.errors.ForeignKeyViolation):
+            cur.execute("INSERT INTO responses (request_id, request_created_at, created_at, status, prompt_tokens,"
+                        " completion_tokens, total_tokens, cost_usd, latency_ms, body)"
+                        f" VALUES (%s, {bad_day}, now(), 'success', 1, 1, 2, 0, 1, '{{}}')", (bad_id,))
+        conn.rollback()
     for stmt in ("DELETE FROM requests", "UPDATE requests SET model = 'x'", "TRUNCATE responses",
                  "CREATE TABLE evil (i int)", "DROP TABLE responses"):
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
@@ -281,3 +302,109 @@ def test_check_revision_without_alembic_version_is_still_a_mismatch(cluster, mig
     finally:
         engine.dispose()
         cluster.drop_db("mig_none")
+
+
+def test_migration_0005_partitions_keep_every_row_and_replays_stay_duplicates(cluster):
+    """A database at 0004 with rows over several days (and one far in the past) goes to the
+    partitioned schema: every row kept with its id and its response, one partition per day,
+    each responses day tied to its requests day, the ids go on, and a spool replay of a stored
+    record is still a duplicate across partitions."""
+    import datetime as dt
+    import uuid
+
+    from alembic import command
+
+    from litellm_pglog import records
+    from litellm_pglog.insert import insert_batch
+    from litellm_pglog.schema import alembic_config
+
+    cluster.create_db("mig_0004")
+    engine = make_engine(Settings.from_env(cluster.env(OWNER, OWNER_PW, "mig_0004")), log_connect=False)
+    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    times = [now - 86400 * d - i for d in (0, 1, 2, 5) for i in range(50)] + [now - 86400 * 400]
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0004")
+            for i, t in enumerate(times):
+                rid = conn.execute(text(
+                    "INSERT INTO requests (call_id, created_at, model, call_type, stream, api_key_hash, tags, payload,"
+                    " event_id) VALUES (:c, to_timestamp(:t), 'gpt-stub', 'acompletion', false, '', '[]', '{}', :e)"
+                    " RETURNING id"), {"c": f"c{i}", "t": t, "e": str(uuid.UUID(int=i + 1))}).scalar()
+                conn.execute(text("INSERT INTO responses (request_id, created_at, status, prompt_tokens,"
+                                  " completion_tokens, total_tokens, cost_usd, latency_ms, body, ttft_ms)"
+                                  " VALUES (:r, to_timestamp(:t), 'success', 1, 2, :n, 0.5, 1, '{}', 7)"),
+                             {"r": rid, "t": t + 0.5, "n": i})
+            before = conn.execute(text("SELECT q.id, q.call_id, q.created_at, r.id, r.total_tokens FROM requests q"
+                                       " JOIN responses r ON r.request_id = q.id ORDER BY q.id")).all()
+        first = migrate(engine, WRITER)
+        assert first["changed"] and first["previous_revision"] == "0004" and first["revision"] == code_head()
+        assert not migrate(engine, WRITER)["changed"]
+        with engine.connect() as conn:
+            after = conn.execute(text("SELECT q.id, q.call_id, q.created_at, r.id, r.total_tokens FROM requests q"
+                                      " JOIN responses r ON r.request_id = q.id"
+                                      " AND r.request_created_at = q.created_at ORDER BY q.id")).all()
+            days = {d for (d,) in conn.execute(text(
+                "SELECT DISTINCT to_char(created_at AT TIME ZONE 'UTC', 'YYYYMMDD') FROM requests"))}
+            parts = {n for (n,) in conn.execute(text(
+                "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'requests'::regclass"))}
+            in_default = conn.execute(text("SELECT count(*) FROM requests_default")).scalar()
+            links = conn.execute(text("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")).scalar()
+            resp_parts = conn.execute(text("SELECT count(*) FROM pg_inherits"
+                                           " WHERE inhparent = 'responses'::regclass")).scalar()
+        assert after == before and len(after) == len(times)
+        assert {f"requests_p{d}" for d in days} <= parts and "requests_default" in parts
+        assert len(parts) >= len(days) + 8  # the days with rows, yesterday to a week ahead, DEFAULT
+        assert in_default == 0 and links == resp_parts
+        # a replayed record of the old release's rows is a duplicate; a new one gets the next id
+        old = records.prepare(records.capture({"id": "c0", "startTime": times[0], "status": "success"}), 4096)
+        old["event_id"] = str(uuid.UUID(int=1))
+        new = records.prepare(records.capture({"id": "fresh", "startTime": now, "status": "success"}), 4096)
+        assert insert_batch(engine, [old, new]) == (1, [str(uuid.UUID(int=1))])
+        with engine.connect() as conn:
+            ids = conn.execute(text("SELECT q.id, r.id FROM requests q JOIN responses r ON r.request_id = q.id"
+                                    " WHERE q.call_id = 'fresh'")).one()
+        # the ids go on after the copied ones (a duplicate also draws a request id: ON CONFLICT does)
+        assert ids[0] > len(times) and ids[1] == len(times) + 1
+    finally:
+        engine.dispose()
+        cluster.drop_db("mig_0004")
+
+
+def test_partitions_configure_needs_pg_partman(clean_db):
+    """Without pg_partman the hand-over says so (the database host's role installs it)."""
+    engine = make_engine(Settings.from_env(clean_db.env(OWNER, OWNER_PW)), log_connect=False)
+    try:
+        with engine.connect() as conn, pytest.raises(Exception, match="pg_partman is not installed"):
+            conn.execute(text("SELECT pglog_partitions_configure('90 days', 4)"))
+    finally:
+        engine.dispose()
+
+
+def test_migration_0005_downgrades_to_plain_tables_and_back_keeping_rows(cluster):
+    from alembic import command
+
+    from litellm_pglog import records
+    from litellm_pglog.insert import insert_batch
+    from litellm_pglog.schema import alembic_config
+
+    cluster.create_db("mig_down")
+    engine = make_engine(Settings.from_env(cluster.env(OWNER, OWNER_PW, "mig_down")), log_connect=False)
+    try:
+        migrate(engine, WRITER)
+        rows = [records.prepare(records.capture({"id": f"d{i}", "startTime": 1.7e9 + 86400 * i, "status": "success"}),
+                                4096) for i in range(3)]
+        assert insert_batch(engine, rows) == (3, [])
+        pairs = "SELECT q.id, q.call_id, r.id FROM requests q JOIN responses r ON r.request_id = q.id ORDER BY 1"
+        with engine.connect() as conn:
+            before = conn.execute(text(pairs)).all()
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0004")
+        with engine.connect() as conn:
+            assert conn.execute(text(pairs)).all() == before
+            assert conn.execute(text("SELECT count(*) FROM pg_partitioned_table")).scalar() == 0
+        assert migrate(engine, WRITER)["changed"]
+        with engine.connect() as conn:
+            assert conn.execute(text(pairs)).all() == before
+    finally:
+        engine.dispose()
+        cluster.drop_db("mig_down")

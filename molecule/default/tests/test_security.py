@@ -334,6 +334,8 @@ UNIT_EXPOSURE = {
     ("litellm_gateway", GATEWAY_UNIT): 1.5,
     ("upstream_stub", "upstream-stub.service"): 1.5,
     ("postgresql", "postgresql-backup.service"): 1.0,
+    ("postgresql", "pglog-partitions.service"): 1.0,
+    ("postgresql", "pglog-rollup.service"): 1.0,
 }
 
 

@@ -65,11 +65,11 @@ def _engine(settings: Settings):  # noqa: ANN202
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from .schema import migrate
+    from .schema import migrate, pending
 
     engine = _engine(settings)
     try:
-        _dump(migrate(engine, args.grant_to))
+        _dump(pending(engine) if args.pending else migrate(engine, args.grant_to))
     finally:
         engine.dispose()
     return 0
@@ -219,6 +219,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("migrate", help="Alembic upgrade to head (as the schema owner), grants")
     m.add_argument("--grant-to", metavar="ROLE", help="role to grant SELECT, INSERT and sequence USAGE")
+    m.add_argument("--pending", action="store_true",
+                   help="change nothing; print (JSON) whether the database is behind this code's head")
     s = sub.add_parser("status", help="revision in DB vs code, spool depth, counters")
     s.add_argument("--json", action="store_true")
     sub.add_parser("replay", help="replay spooled batches into the database")

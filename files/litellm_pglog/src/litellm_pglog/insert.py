@@ -10,10 +10,10 @@ the columns; `print(insert.STATEMENT)` shows the real one):
         INSERT INTO requests (event_id, call_id, created_at, ...)
         SELECT event_id, call_id, to_timestamp(created_at), ... FROM batch
         ON CONFLICT (created_at, event_id) DO NOTHING  -- a record already stored: the first one wins
-        RETURNING id, event_id),
+        RETURNING id, created_at, event_id),
     resp AS (
-        INSERT INTO responses (request_id, created_at, ...)
-        SELECT req.id, to_timestamp(b.ended_at), ... FROM req JOIN batch b USING (event_id))
+        INSERT INTO responses (request_id, request_created_at, created_at, ...)
+        SELECT req.id, req.created_at, to_timestamp(b.ended_at), ... FROM req JOIN batch b USING (event_id))
     SELECT b.event_id FROM batch b            -- the records that were already there: duplicates
     WHERE NOT EXISTS (SELECT 1 FROM req WHERE req.event_id = b.event_id)
 
@@ -51,6 +51,10 @@ from .models import REQUEST_COLUMNS, RESPONSE_COLUMNS, Request, Response
 DEDUPE_KEY = "event_id"
 CONFLICT_TARGET = ("created_at", "event_id")
 
+# responses columns filled from the request row the statement just inserted (responses column ->
+# requests column): the request's id and its partition key, the response's partition key.
+FROM_REQUEST = {"request_id": "id", "request_created_at": "created_at"}
+
 # Prepared-row field for a responses column, where the names differ (both tables have a
 # created_at: the request's is the call's start, the response's is the call's end).
 RESPONSE_FIELD = {"created_at": "ended_at"}
@@ -85,7 +89,7 @@ def _value(column: Any, field: str, prefix: str = "") -> str:
 
 def _build() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     req_cols = [Request.__table__.c[name] for name in REQUEST_COLUMNS]
-    resp_cols = [Response.__table__.c[name] for name in RESPONSE_COLUMNS if name != "request_id"]
+    resp_cols = [Response.__table__.c[name] for name in RESPONSE_COLUMNS if name not in FROM_REQUEST]
     fields: dict[str, Any] = {c.name: c for c in req_cols}
     for c in resp_cols:
         fields.setdefault(RESPONSE_FIELD.get(c.name, c.name), c)
@@ -95,9 +99,9 @@ def _build() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         f"WITH batch AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS b({recordset})),"
         f" req AS (INSERT INTO requests ({', '.join(REQUEST_COLUMNS)})"
         f" SELECT {', '.join(_value(c, c.name) for c in req_cols)} FROM batch"
-        f" ON CONFLICT ({', '.join(CONFLICT_TARGET)}) DO NOTHING RETURNING id, {key}),"
-        f" resp AS (INSERT INTO responses (request_id, {', '.join(c.name for c in resp_cols)})"
-        f" SELECT req.id, {', '.join(_value(c, RESPONSE_FIELD.get(c.name, c.name), 'b.') for c in resp_cols)}"
+        f" ON CONFLICT ({', '.join(CONFLICT_TARGET)}) DO NOTHING RETURNING {', '.join(FROM_REQUEST.values())}, {key}),"
+        f" resp AS (INSERT INTO responses ({', '.join(FROM_REQUEST)}, {', '.join(c.name for c in resp_cols)})"
+        f" SELECT {', '.join('req.' + c for c in FROM_REQUEST.values())}, {', '.join(_value(c, RESPONSE_FIELD.get(c.name, c.name), 'b.') for c in resp_cols)}"
         f" FROM req JOIN batch b USING ({key}))"
         f" SELECT b.{key} FROM batch b WHERE NOT EXISTS (SELECT 1 FROM req WHERE req.{key} = b.{key})"
     )

@@ -90,6 +90,15 @@ def migrate(engine: Engine, grant_to: str | None = None) -> dict[str, Any]:
     }
 
 
+def pending(engine: Engine) -> dict[str, Any]:
+    """Whether `migrate` would change the schema: the deployment stops the running (older)
+    gateway first, so no writer of the old schema writes into the new one."""
+    with engine.connect() as conn:
+        current = db_revision(conn)
+    head = code_head()
+    return {"pending": current != head, "revision": current, "head": head}
+
+
 def check_revision(conn: Connection) -> str:
     """Return the head if the database is at this code's head. Raise SchemaMismatch if it is not
     (or has no readable alembic_version), DatabaseUnreachable if the question could not be asked:

@@ -9,10 +9,15 @@ from alembic import context
 
 from litellm_pglog.config import Settings
 from litellm_pglog.engine import make_engine, url
-from litellm_pglog.models import Base
+from litellm_pglog.models import Base, is_partition
 
 config = context.config
 target_metadata = Base.metadata
+
+
+def include_name(name, type_, parent_names):  # noqa: ANN001, ANN201 -- alembic's hook signature
+    """autogenerate: the day partitions are pg_partman's, not the model's."""
+    return not (type_ == "table" and is_partition(name))
 
 
 def run_offline() -> None:
@@ -24,14 +29,14 @@ def run_offline() -> None:
 def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(connection=connection, target_metadata=target_metadata, include_name=include_name)
         with context.begin_transaction():
             context.run_migrations()
         return
     engine = make_engine(Settings.from_env(), log_connect=False)
     try:
         with engine.connect() as conn:
-            context.configure(connection=conn, target_metadata=target_metadata)
+            context.configure(connection=conn, target_metadata=target_metadata, include_name=include_name)
             with context.begin_transaction():
                 context.run_migrations()
     finally:
