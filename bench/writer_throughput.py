@@ -79,17 +79,19 @@ def run_copy_direct(settings, slos, clock, serialise_in_clock=True):
         wq, wr = csv.writer(req), csv.writer(resp)
         utc = dt.timezone.utc
         for i, r in enumerate(rows, 1):
-            wq.writerow([i, r["call_id"], dt.datetime.fromtimestamp(r["created_at"], utc).isoformat(), r["model"],
-                         r["call_type"], r["stream"], r["api_key_hash"], r["end_user"] or "", r["tags"], r["payload"]])
-            wr.writerow([i, i, dt.datetime.fromtimestamp(r["ended_at"], utc).isoformat(), r["status"],
+            created = dt.datetime.fromtimestamp(r["created_at"], utc).isoformat()
+            wq.writerow([i, r["call_id"], created, r["model"], r["call_type"], r["stream"], r["api_key_hash"],
+                         r["end_user"] or "", r["tags"], r["payload"], r["event_id"]])
+            wr.writerow([i, i, created, dt.datetime.fromtimestamp(r["ended_at"], utc).isoformat(), r["status"],
                          r["prompt_tokens"], r["completion_tokens"], r["total_tokens"], r["cost_usd"],
                          r["latency_ms"], r["body"]])
         req.seek(0)
         resp.seek(0)
         cur = conn.cursor()
         cur.copy_expert("COPY requests (id, call_id, created_at, model, call_type, stream, api_key_hash, end_user,"
-                        " tags, payload) FROM STDIN WITH (FORMAT csv)", req)
-        cur.copy_expert("COPY responses (id, request_id, created_at, status, prompt_tokens, completion_tokens,"
+                        " tags, payload, event_id) FROM STDIN WITH (FORMAT csv)", req)
+        cur.copy_expert("COPY responses (id, request_id, request_created_at, created_at, status, prompt_tokens,"
+                        " completion_tokens,"
                         " total_tokens, cost_usd, latency_ms, body) FROM STDIN WITH (FORMAT csv)", resp)
         conn.commit()
         return clock.stop()

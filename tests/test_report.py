@@ -28,7 +28,7 @@ HOUR = 3600.0
 def rollup_db(clean_db):
     with clean_db.admin(DB) as conn:
         cur = conn.cursor()
-        cur.execute("TRUNCATE usage_hourly")
+        cur.execute("TRUNCATE usage_hourly, usage_daily_rollup")
         cur.execute("UPDATE usage_rollup_state SET logged_through = '-infinity'")
     return clean_db
 
@@ -66,8 +66,9 @@ def test_rollup_matches_the_raw_rows_and_percentiles_fall_in_their_bucket(engine
     rolled = query(rollup_db, "SELECT sum(calls), sum(total_tokens), sum(cost_usd) FROM usage_hourly")[0]
     assert rolled == raw
     by_hour = query(rollup_db, "SELECT extract(epoch FROM hour)::bigint, model, status, calls, ttft_calls,"
-                               " pglog_hist_quantile(latency_hist, 0.5), pglog_hist_quantile(latency_hist, 0.99),"
-                               " pglog_hist_quantile(ttft_hist, 0.5) FROM usage_hourly ORDER BY 1")
+                               " pglog_hist_quantile(latency_buckets, latency_counts, 0.5),"
+                               " pglog_hist_quantile(latency_buckets, latency_counts, 0.99),"
+                               " pglog_hist_quantile(ttft_buckets, ttft_counts, 0.5) FROM usage_hourly ORDER BY 1")
     (h0, m0, s0, c0, t0, p50, p99, _), (h1, m1, s1, c1, *_), (h2, _, _, c2, t2, _, _, ttft50) = by_hour
     assert (h0, m0, s0, c0, t0) == (int(base), "gpt-a", "success", 100, 0)
     assert (h1, m1, s1, c1) == (int(base + HOUR), "gpt-b", "failure", 7)
@@ -76,6 +77,23 @@ def test_rollup_matches_the_raw_rows_and_percentiles_fall_in_their_bucket(engine
     assert 500 / 1.13 <= p50 <= 500 * 1.13, p50
     assert 990 / 1.13 <= p99 <= 990 * 1.13, p99
     assert 250 / 1.13 <= ttft50 <= 250 * 1.13, ttft50
+    # the daily level holds the same totals and the same merged percentiles
+    daily = query(rollup_db, "SELECT sum(calls), sum(total_tokens), sum(cost_usd) FROM usage_daily_rollup")[0]
+    assert daily == raw
+    sparse = query(rollup_db, "SELECT latency_buckets, latency_counts FROM usage_hourly ORDER BY hour LIMIT 1")[0]
+    assert sparse[0] == sorted(sparse[0]) and 0 not in sparse[1] and sum(sparse[1]) == 100
+    # a report over the window agrees with the exact figures within the bucket width, whichever
+    # level (hours or days) the window reads
+    from litellm_pglog.report import usage
+    import datetime as dt
+    with engine.connect() as conn:
+        for since in (dt.timedelta(hours=8), dt.timedelta(days=3)):
+            cols, got = usage(conn, since, "model")
+            by_model = {r[0]: dict(zip(cols, r)) for r in got}
+            assert by_model["gpt-a"]["calls"] == 104 and by_model["gpt-b"]["calls"] == 7
+            assert by_model["gpt-b"]["failure"] == 7
+            assert 5 / 1.13 <= by_model["gpt-b"]["latency_ms_p50"] <= 5 * 1.13
+            assert 250 / 1.13 <= by_model["gpt-a"]["ttft_ms_p50"] <= 250 * 1.13
 
 
 def test_late_rows_reopen_their_hour_without_double_counting(engine, rollup_db):
@@ -152,7 +170,7 @@ def test_report_reads_the_rollup_not_the_raw_tables(engine, rollup_db):
         cur.execute("CREATE ROLE pglog_rollup_only LOGIN PASSWORD 'rollup-only-pw'")
         cur.execute(f"GRANT CONNECT ON DATABASE {DB} TO pglog_rollup_only")
         cur.execute("GRANT USAGE ON SCHEMA public TO pglog_rollup_only")
-        cur.execute("GRANT SELECT ON usage_hourly TO pglog_rollup_only")
+        cur.execute("GRANT SELECT ON usage_hourly, usage_daily_rollup TO pglog_rollup_only")
     try:
         env = rollup_db.env("pglog_rollup_only", "rollup-only-pw")
         out = _run(env, "report", "--no-refresh", "--by", "user", "--format", "json")
@@ -163,7 +181,7 @@ def test_report_reads_the_rollup_not_the_raw_tables(engine, rollup_db):
     finally:
         with rollup_db.admin(DB) as conn:
             cur = conn.cursor()
-            cur.execute("REVOKE ALL ON usage_hourly FROM pglog_rollup_only")
+            cur.execute("REVOKE ALL ON usage_hourly, usage_daily_rollup FROM pglog_rollup_only")
             cur.execute("REVOKE ALL ON SCHEMA public FROM pglog_rollup_only")
             cur.execute(f"REVOKE ALL ON DATABASE {DB} FROM pglog_rollup_only")
             cur.execute("DROP ROLE pglog_rollup_only")

@@ -100,6 +100,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    SmallInteger,
     String,
     CheckConstraint,
     PrimaryKeyConstraint,
@@ -183,14 +184,10 @@ def is_partition(name: str | None) -> bool:
     return bool(name) and re.fullmatch(r"(requests|responses)_(p\d{8}|default)", name) is not None
 
 
-class UsageHourly(Base):
-    """The hourly usage rollup (migration 0004; maintained by pglog_rollup_refresh(), read by
-    `litellm-pglog report` and the usage_daily view). Histograms: 64 buckets, three per
-    doubling, bucket i = [2^(i/3), 2^((i+1)/3)) ms."""
+class _UsageTotals:
+    """What both rollup levels hold per group. Histograms are sparse: the non-empty buckets,
+    ascending (bucket i = [2^(i/3), 2^((i+1)/3)) ms, 64 buckets), and their counts (0006)."""
 
-    __tablename__ = "usage_hourly"
-
-    hour: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)  # UTC hour of the request
     api_key_hash: Mapped[str] = mapped_column(String(80), primary_key=True)
     end_user: Mapped[str] = mapped_column(String(255), primary_key=True)  # '' when none
     model: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -201,12 +198,35 @@ class UsageHourly(Base):
     total_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(24, 10), nullable=False)
     latency_ms_sum: Mapped[float] = mapped_column(Double, nullable=False)
-    latency_hist: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    latency_buckets: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger), nullable=False)
+    latency_counts: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
     ttft_calls: Mapped[int] = mapped_column(BigInteger, nullable=False)  # streams with a first chunk
-    ttft_hist: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    ttft_buckets: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger), nullable=False)
+    ttft_counts: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+
+
+class UsageHourly(_UsageTotals, Base):
+    """The hourly usage rollup (maintained by pglog_rollup_refresh(); read by `litellm-pglog
+    report` for the hours before the window's first whole day, and by groupings by hour)."""
+
+    __tablename__ = "usage_hourly"
+
+    hour: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)  # UTC hour of the request
 
     __table_args__ = (PrimaryKeyConstraint("hour", "api_key_hash", "end_user", "model", "status",
                                            name="pk_usage_hourly"),)
+
+
+class UsageDailyRollup(_UsageTotals, Base):
+    """The daily level (0006), recomputed from usage_hourly for the days the refresh touched;
+    reports read whole days here; the usage_daily view (BI tools) reads it."""
+
+    __tablename__ = "usage_daily_rollup"
+
+    day: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)  # UTC midnight
+
+    __table_args__ = (PrimaryKeyConstraint("day", "api_key_hash", "end_user", "model", "status",
+                                           name="pk_usage_daily_rollup"),)
 
 
 class UsageRollupState(Base):

@@ -1,4 +1,4 @@
-"""Usage reports from the hourly rollup (migration 0004): never a scan of the raw log tables.
+"""Usage reports from the rollup (migrations 0004, 0006): never a scan of the raw log tables.
 
 `refresh()` brings usage_hourly up to date (pglog_rollup_refresh: only the hours that got rows
 since the last refresh are recomputed); `usage()` groups the rollup by one dimension over a
@@ -40,24 +40,54 @@ def refresh(conn: Connection, lag_s: float = 60.0) -> dict[str, Any]:
 
 
 def usage(conn: Connection, since: dt.timedelta, by: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Group the window [the hour of now - since, now] by one dimension. Whole UTC days come from
+    usage_daily_rollup, the hours before the first whole day from usage_hourly (a grouping by
+    hour reads usage_hourly only). Percentiles: the non-empty buckets of every row in a group are
+    summed by one GROUP BY, then the bucket holding each quantile is found (bucket width +-12 %)."""
     if by not in DIMENSIONS:
         raise ValueError(f"--by {by!r}: one of {', '.join(DIMENSIONS)}")
     dim = DIMENSIONS[by]
+    daily_dim = "day" if by == "day" else dim
     order = "1" if by in ("day", "hour") else "cost_usd DESC, calls DESC, 1"
+    cols = ("status, calls, prompt_tokens, completion_tokens, cost_usd,"
+            " latency_buckets, latency_counts, ttft_buckets, ttft_counts")
+    # a grouping by hour cannot read days: the daily level starts after the window then
+    first_day = "'infinity'::timestamptz" if by == "hour" else \
+        "date_trunc('day', date_trunc('hour', now() - :since) + interval '1 day' - interval '1 microsecond', 'UTC')"
     result = conn.execute(text(f"""
-        SELECT {dim} AS {by},
-               sum(calls) AS calls,
-               coalesce(sum(calls) FILTER (WHERE status = 'success'), 0) AS success,
-               coalesce(sum(calls) FILTER (WHERE status = 'failure'), 0) AS failure,
-               coalesce(sum(calls) FILTER (WHERE status = 'client_disconnected'), 0) AS client_disconnected,
-               sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
-               sum(cost_usd) AS cost_usd,
-               pglog_hist_quantile(pglog_hist_sum(latency_hist), 0.5) AS latency_ms_p50,
-               pglog_hist_quantile(pglog_hist_sum(latency_hist), 0.95) AS latency_ms_p95,
-               pglog_hist_quantile(pglog_hist_sum(latency_hist), 0.99) AS latency_ms_p99,
-               pglog_hist_quantile(pglog_hist_sum(ttft_hist), 0.5) AS ttft_ms_p50,
-               pglog_hist_quantile(pglog_hist_sum(ttft_hist), 0.95) AS ttft_ms_p95
-        FROM usage_hourly
-        WHERE hour >= date_trunc('hour', now() - :since)
-        GROUP BY 1 ORDER BY {order}"""), {"since": since})
+        WITH win AS (
+          SELECT {dim} AS g, {cols} FROM usage_hourly
+          WHERE hour >= date_trunc('hour', now() - :since) AND hour < {first_day}
+          UNION ALL
+          SELECT {daily_dim} AS g, {cols} FROM usage_daily_rollup WHERE day >= {first_day}),
+        totals AS (
+          SELECT g, sum(calls) AS calls,
+                 coalesce(sum(calls) FILTER (WHERE status = 'success'), 0) AS success,
+                 coalesce(sum(calls) FILTER (WHERE status = 'failure'), 0) AS failure,
+                 coalesce(sum(calls) FILTER (WHERE status = 'client_disconnected'), 0) AS client_disconnected,
+                 sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+                 sum(cost_usd) AS cost_usd
+          FROM win GROUP BY g),
+        buckets AS (
+          SELECT g, 'latency' AS kind, t.b, sum(t.n) AS n FROM win, unnest(win.latency_buckets, win.latency_counts) AS t(b, n)
+          GROUP BY 1, 2, 3
+          UNION ALL
+          SELECT g, 'ttft', t.b, sum(t.n) FROM win, unnest(win.ttft_buckets, win.ttft_counts) AS t(b, n)
+          GROUP BY 1, 2, 3),
+        cumulative AS (
+          SELECT g, kind, b, sum(n) OVER (PARTITION BY g, kind ORDER BY b) AS cum,
+                 sum(n) OVER (PARTITION BY g, kind) AS total FROM buckets),
+        quantiles AS (
+          SELECT g,
+                 pglog_bucket_ms(min(b) FILTER (WHERE kind = 'latency' AND cum >= 0.5 * total)) AS latency_ms_p50,
+                 pglog_bucket_ms(min(b) FILTER (WHERE kind = 'latency' AND cum >= 0.95 * total)) AS latency_ms_p95,
+                 pglog_bucket_ms(min(b) FILTER (WHERE kind = 'latency' AND cum >= 0.99 * total)) AS latency_ms_p99,
+                 pglog_bucket_ms(min(b) FILTER (WHERE kind = 'ttft' AND cum >= 0.5 * total)) AS ttft_ms_p50,
+                 pglog_bucket_ms(min(b) FILTER (WHERE kind = 'ttft' AND cum >= 0.95 * total)) AS ttft_ms_p95
+          FROM cumulative GROUP BY g)
+        SELECT t.g AS {by}, t.calls, t.success, t.failure, t.client_disconnected, t.prompt_tokens,
+               t.completion_tokens, t.cost_usd, q.latency_ms_p50, q.latency_ms_p95, q.latency_ms_p99,
+               q.ttft_ms_p50, q.ttft_ms_p95
+        FROM totals t LEFT JOIN quantiles q ON q.g IS NOT DISTINCT FROM t.g
+        ORDER BY {order}"""), {"since": since})
     return list(result.keys()), [tuple(r) for r in result]

@@ -3,7 +3,7 @@
 `migrate()` is idempotent: a second run changes nothing and says so (`changed: false`).
 The writer role gets exactly SELECT, INSERT on requests and responses, USAGE on their identity
 sequences, SELECT on alembic_version (so the logger can check the revision at start) and on
-the usage rollup (usage_hourly, usage_rollup_state, usage_daily), and EXECUTE on
+the usage rollup (usage_hourly, usage_daily_rollup, usage_rollup_state, usage_daily), and EXECUTE on
 pglog_rollup_refresh(interval), the one way it can change the rollup.
 """
 
@@ -21,7 +21,7 @@ from .dberrors import DatabaseUnreachable, is_connection_error, short
 
 TABLES = ("requests", "responses")
 # the writer reads these (the revision check; reports) and changes none of them
-READ_ONLY = ("alembic_version", "usage_hourly", "usage_rollup_state", "usage_daily")
+READ_ONLY = ("alembic_version", "usage_hourly", "usage_daily_rollup", "usage_rollup_state", "usage_daily")
 # SECURITY DEFINER: the writer may bring the rollup up to date, never write it otherwise
 EXECUTE = ("pglog_rollup_refresh(interval)",)
 
