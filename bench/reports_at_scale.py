@@ -123,6 +123,8 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 5_000_000):
         cluster.stop()
         cluster.start()
         engine = make_engine(Settings.from_env(cluster.env(OWNER, OWNER_PW)), log_connect=False)
+        # the package's 30 s statement timeout is for the writer; loading millions of rows takes longer
+        sqlalchemy.event.listen(engine, "connect", lambda dbapi, _: dbapi.cursor().execute("SET statement_timeout = 0"))
         t0 = time.monotonic()
         with engine.begin() as conn:
             conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
