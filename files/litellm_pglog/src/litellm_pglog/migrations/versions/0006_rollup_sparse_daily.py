@@ -191,6 +191,8 @@ def upgrade() -> None:
     op.execute(UPGRADE)
 
 
+# 0004's dense-histogram functions and view, written out again on purpose: a migration is a frozen
+# snapshot and must not change when another revision's file does (0004 keeps its SQL inside upgrade()).
 DOWNGRADE = r"""
 DROP VIEW usage_daily;
 DROP TABLE usage_daily_rollup;
