@@ -108,6 +108,32 @@ def test_late_rows_reopen_their_hour_without_double_counting(engine, rollup_db):
     assert query(rollup_db, "SELECT calls FROM usage_hourly WHERE hour = to_timestamp(%s)", (base,))[0][0] == 15
 
 
+def test_an_incremental_refresh_reads_only_the_partitions_of_its_hours(engine, rollup_db):
+    """A refresh after new rows recomputes their hours from that day's partitions alone (0007):
+    no other day's responses partition is read. The counters are this transaction's own
+    (pg_stat_xact_user_tables), so nothing else on the cluster can move them. Requests partitions
+    are not judged: finding the hours that got rows reads ix_requests_logged_at in each of them
+    (logged_at is not the partition key)."""
+    midnight = time.time() // 86400 * 86400
+    insert_batch(engine, [row(i, midnight - 3600 + i) for i in range(5)]  # yesterday
+                 + [row(10 + i, midnight - 3 * 86400 + i) for i in range(5)]  # the DEFAULT partition
+                 + [row(20 + i, time.time() - 120 + i) for i in range(5)])  # today
+    refresh(rollup_db)
+    insert_batch(engine, [row(30, time.time() - 5)])
+    today = time.strftime("%Y%m%d", time.gmtime())
+    with rollup_db.admin(DB) as conn:
+        cur = conn.cursor()
+        cur.execute("BEGIN")  # the counters below are this transaction's
+        cur.execute("SELECT pglog_rollup_refresh('0 seconds')")
+        assert cur.fetchone()[0] == 1
+        cur.execute("SELECT relname FROM pg_stat_xact_user_tables WHERE relname LIKE 'responses%%'"
+                    " AND seq_scan + coalesce(idx_scan, 0) > 0 ORDER BY 1")
+        read = [r[0] for r in cur.fetchall()]
+        cur.execute("COMMIT")
+    assert read == [f"responses_p{today}"], read
+    assert query(rollup_db, "SELECT sum(calls) FROM usage_hourly")[0][0] == 16
+
+
 def test_rows_younger_than_the_lag_wait_for_the_next_refresh(engine, rollup_db):
     insert_batch(engine, [row(1, time.time() - 5)])
     assert refresh(rollup_db, "1 hour") == 0

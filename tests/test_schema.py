@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import time
 
 import psycopg2
 import pytest
@@ -408,3 +409,58 @@ def test_migration_0005_downgrades_to_plain_tables_and_back_keeping_rows(cluster
     finally:
         engine.dispose()
         cluster.drop_db("mig_down")
+
+
+def test_migration_0007_refresh_gives_the_same_rollup_as_0006_and_downgrades(cluster):
+    """0007 rewrote the refresh (one hour, one day at a time; no joins between aggregates). The
+    same rows give the same usage_hourly and usage_daily_rollup under 0006's functions and
+    0007's, and the downgrade puts 0006's back."""
+    from alembic import command
+
+    from helpers import make_slo
+    from litellm_pglog import records
+    from litellm_pglog.insert import insert_batch
+    from litellm_pglog.schema import alembic_config
+
+    cluster.create_db("mig_0007")
+    engine = make_engine(Settings.from_env(cluster.env(OWNER, OWNER_PW, "mig_0007")), log_connect=False)
+    now = time.time()
+    slos = []
+    for i in range(120):  # 3 days, 4 models, 7 users, failures, streams with a first token
+        at = now - 3 * 86400 + i * 2111.0
+        slo = make_slo(i, model_group=f"m{i % 4}", status="failure" if i % 9 == 0 else "success", startTime=at,
+                       endTime=at + 0.05 + (i * 37 % 900) / 1000.0, end_user=f"u{i % 7}" if i % 5 else None,
+                       stream=i % 3 == 0, prompt_tokens=i, completion_tokens=2 * i, total_tokens=3 * i,
+                       response_cost=0.001 * i)
+        if i % 3 == 0:
+            slo["completionStartTime"] = at + 0.02 + (i % 11) / 100.0
+        slos.append(slo)
+    rollup = ("SELECT * FROM usage_hourly ORDER BY hour, api_key_hash, end_user, model, status",
+              "SELECT * FROM usage_daily_rollup ORDER BY day, api_key_hash, end_user, model, status")
+
+    def rebuilt():
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE usage_hourly, usage_daily_rollup"))
+            conn.execute(text("UPDATE usage_rollup_state SET logged_through = '-infinity'"))
+            conn.execute(text("SELECT pglog_rollup_refresh('0 seconds')"))
+        with engine.connect() as conn:
+            return [conn.execute(text(sql)).all() for sql in rollup]
+
+    try:
+        migrate(engine, WRITER)
+        assert insert_batch(engine, [records.prepare(records.capture(s), 4096) for s in slos]) == (len(slos), [])
+        new = rebuilt()
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0006")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM pg_proc WHERE proname = 'pglog_rollup_hour'")).scalar() == 0
+        old = rebuilt()
+        assert len(new[0]) > 50 and len(new[1]) > 20
+        assert new == old
+        assert migrate(engine, WRITER)["changed"]
+        with engine.connect() as conn:
+            jit = conn.execute(text("SELECT proconfig FROM pg_proc WHERE proname = 'pglog_rollup_refresh'")).scalar()
+        assert "jit=off" in jit
+    finally:
+        engine.dispose()
+        cluster.drop_db("mig_0007")
