@@ -129,6 +129,11 @@ def test_install_outside_the_proxy_does_nothing():
     (b'{"stream": true, "guardrails": ["\\u0000\\ud929\\ude7d"]}', "guardrails must name printable"),
     ('{"guardrails": {"g\U0005a67d": {}}}'.encode(), "guardrails must name printable"),
     (b'{"metadata": {"guardrails": ["a\\u0014"]}}', "guardrails must name printable"),
+    # a response_format the provider's SDK refuses (LiteLLM: 500): found by the bed's fuzz pass, 2026-12-03
+    (b'{"response_format": {"": [{"a": false}, []]}}', "response_format must be an object whose type"),
+    (b'{"response_format": {"type": "dA*-SZ"}}', "response_format must be an object whose type"),
+    (b'{"response_format": {"type": ["text"]}}', "response_format must be an object whose type"),
+    (b'{"response_format": "json"}', "response_format must be an object whose type"),
 ])
 def test_inference_bodies_litellm_cannot_serve_are_named(body, reason):
     assert reason in guard.inference_body_problem(body)
@@ -136,6 +141,8 @@ def test_inference_bodies_litellm_cannot_serve_are_named(body, reason):
 
 @pytest.mark.parametrize("body", [b'{"model": "stub-small", "messages": []}', b'{"messages": []}',
                                   '{"model": "caf\u00e9-model"}'.encode(), b"{}",
-                                  b'{"guardrails": ["pii-mask"]}', b'{"metadata": {"guardrails": []}}'])
+                                  b'{"guardrails": ["pii-mask"]}', b'{"metadata": {"guardrails": []}}',
+                                  b'{"response_format": {"type": "json_object"}}', b'{"response_format": null}',
+                                  b'{"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}'])
 def test_inference_bodies_it_can_serve_pass(body):
     assert guard.inference_body_problem(body) is None

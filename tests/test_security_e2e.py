@@ -275,6 +275,15 @@ UNSERVABLE_BODIES = {
     "model beyond latin-1": '{"model": "m\U000883b8", "messages": [{"role": "user", "content": "x"}]}'.encode(),
     "model with a control character": b'{"model": "m\\u0014", "messages": [{"role": "user", "content": "x"}]}',
     "model not a string": b'{"model": ["gpt-stub"], "messages": [{"role": "user", "content": "x"}]}',
+    # found by the bed's fuzz pass (2026-12-03): LiteLLM hands a malformed response_format to the
+    # provider's SDK, which fails before sending ("Connection error", "Unsupported response_format
+    # type"); LiteLLM answers 500
+    "response_format without a type": b'{"model": "gpt-stub", "messages": [{"role": "user", "content": "x"}],'
+                                      b' "response_format": {"": [{"a": false}, []]}}',
+    "response_format of an unknown type": b'{"model": "gpt-stub", "messages": [{"role": "user", "content": "x"}],'
+                                          b' "response_format": {"type": "dA*-SZ"}}',
+    "response_format not an object": b'{"model": "gpt-stub", "messages": [{"role": "user", "content": "x"}],'
+                                     b' "response_format": "json"}',
 }
 
 

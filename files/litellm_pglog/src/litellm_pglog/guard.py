@@ -17,9 +17,10 @@ For every request:
      -> 400. The scan is linear, mostly in C
      (bytes.replace/split/translate, itertools.accumulate), never recursive, and yields to the
      event loop on large bodies; LiteLLM's parsers would recurse and stall or fail with a 500;
-     on an inference route, a body that is not a JSON object in UTF-8 or whose `model` is not
-     printable text (inference_body_problem) -> 400: LiteLLM answers those without a row (its
-     400 for malformed JSON) or with a 500 (a model name it cannot echo in a header);
+     on an inference route, a body that is not a JSON object in UTF-8, whose `model` is not
+     printable text or whose `response_format` is not one of the API's (inference_body_problem)
+     -> 400: LiteLLM answers those without a row (its 400 for malformed JSON) or with a 500 (a
+     model name it cannot echo in a header, a format the provider's SDK refuses);
      a JSON body LiteLLM itself would refuse (litellm_body_problem) -> 400 here, not the 500
      its error path gives without a database;
   4. response headers that reveal internals are dropped: every `llm_provider-*` header (the
@@ -198,6 +199,10 @@ async def json_problem(body: bytes, max_depth: int, max_items: int = GuardLimits
     return None
 
 
+# the response_format types of the OpenAI chat API (what LiteLLM translates for other providers)
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
 def _printable(text: str) -> bool:
     """Text a response header can carry (latin-1 without control characters)."""
     return all(" " <= c <= "~" or "\xa0" <= c <= "\xff" for c in text)
@@ -211,7 +216,8 @@ def inference_body_problem(body: bytes) -> str | None:
     that is not JSON (or not UTF-8) with its own 400 before any callback runs -- an answered
     call without rows; a model name with characters a header cannot carry (it echoes the name
     in a response header) makes its error handler fail, and the caller gets a plain 500, also
-    without rows; the same for requested guardrails (echoed in a header too). Refused here,
+    without rows; the same for requested guardrails (echoed in a header too) and for a
+    response_format that is not one of the API's (a 500 from the provider's SDK). Refused here,
     such a call gets a 400 and its failure row."""
     try:
         data = _loads(body)
@@ -227,6 +233,12 @@ def inference_body_problem(body: bytes) -> str | None:
         # LiteLLM echoes the requested guardrails in a response header (same failure as model)
         if guardrails is not None and not all(_printable(t) for t in _strings(guardrails)):
             return "guardrails must name printable guardrails"
+    fmt = data.get("response_format")
+    # LiteLLM hands response_format to the provider's SDK, which fails on a malformed one before
+    # sending (a string: 500; an unknown type: "Unsupported response_format type", 500, on the
+    # bed): the OpenAI API's own answer to these is a 400
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") in RESPONSE_FORMAT_TYPES):
+        return f"response_format must be an object whose type is one of {', '.join(RESPONSE_FORMAT_TYPES)}"
     return None
 
 
