@@ -6,6 +6,8 @@ copy:   the same N records turned into rows (records.prepare: the JSON serialisa
         needs) and CSV, COPY'd straight into requests and responses in one transaction, all timed.
 copy_preserialized: the same COPY with serialisation done before the clock starts (database
         load only), reported for transparency.
+writer_statement: the writer with the COPY path switched off (every batch through insert.py's
+        one statement): the A/B of the COPY path (copyload.py), interleaved in the same rounds.
 Target: writer / copy >= 0.8 (rows/s, best of 5 interleaved runs). Prints JSON.
 
 Wall time needs a quiet machine. Also printed, because it holds up on a busy one: the CPU
@@ -24,7 +26,7 @@ import time
 from _rig import cluster_cpu_s, load_avg, migrated_cluster
 
 from helpers import make_slo  # noqa: E402
-from litellm_pglog import records
+from litellm_pglog import copyload, records
 from litellm_pglog.config import Settings
 from litellm_pglog.engine import make_engine
 from litellm_pglog.writer import Writer
@@ -50,7 +52,15 @@ class Clock:
                 "server_cpu": cluster_cpu_s(self.cluster) - self.s0}
 
 
-def run_writer(settings, slos, clock):
+def run_writer(settings, slos, clock, copy_min_rows=copyload.MIN_ROWS):
+    shipped, copyload.MIN_ROWS = copyload.MIN_ROWS, copy_min_rows
+    try:
+        return _run_writer(settings, slos, clock)
+    finally:
+        copyload.MIN_ROWS = shipped
+
+
+def _run_writer(settings, slos, clock):
     writer = Writer(settings)
     writer.start()
     raw = [records.capture(s) for s in slos]
@@ -108,11 +118,13 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 20000):
         settings = Settings.from_env(env)
         clock = Clock(cluster)
         load0 = load_avg()
-        results = {"writer": [], "copy": [], "copy_preserialized": []}
+        results = {"writer": [], "writer_statement": [], "copy": [], "copy_preserialized": []}
         for _ in range(5):  # interleaved, best of 5 each
             slos = [make_slo(i, content="benchmark message " * 20) for i in range(n)]
             truncate(cluster)
             results["writer"].append(run_writer(settings, slos, clock))
+            truncate(cluster)
+            results["writer_statement"].append(run_writer(settings, slos, clock, copy_min_rows=10**9))
             truncate(cluster)
             results["copy"].append(run_copy_direct(settings, slos, clock))
             truncate(cluster)
@@ -125,11 +137,13 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 20000):
             return min(r["python_cpu"] + r["server_cpu"] for r in results[name])
 
         w, c, cp = best("writer", "wall"), best("copy", "wall"), best("copy_preserialized", "wall")
+        ws = best("writer_statement", "wall")
         print(json.dumps({
             "bench": "writer_throughput", "rows": n, "batch_size": settings.batch_size,
             "load_avg_start": load0, "load_avg_end": load_avg(),
             "writer_rows_per_s": round(n / w), "copy_rows_per_s": round(n / c),
-            "ratio": round(c / w, 3), "target_ratio": 0.8,
+            "ratio": round(c / w, 3), "target_ratio": 0.8, "copy_min_rows": copyload.MIN_ROWS,
+            "writer_statement_rows_per_s": round(n / ws), "ratio_statement_path": round(c / ws, 3),
             "copy_preserialized_rows_per_s": round(n / cp), "ratio_vs_preserialized": round(cp / w, 3),
             "cpu_ratio": round(cpu("copy") / cpu("writer"), 3),
             "cpu_us_per_row": {k: {"python": round(best(k, "python_cpu") / n * 1e6, 1),

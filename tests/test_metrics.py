@@ -76,6 +76,29 @@ def test_rows_are_counted_by_model_status_tokens_and_cost():
     assert value(m.registry, "pglog_cost_usd_total", model="gpt-stub") == pytest.approx(0.000006)
 
 
+def test_a_batch_counts_as_its_rows_one_by_one():
+    """observe_rows sums per label set before it touches the counters: same totals as one
+    observe_row per row, across models, statuses, zero tokens and zero cost."""
+    rows = []
+    for i in range(40):
+        row = records.prepare(records.capture(make_slo(i, status=("success", "failure")[i % 4 == 0])), 262_144)
+        row["model"] = ("m-a", "m-b", "")[i % 3]
+        if i % 5 == 0:
+            row["prompt_tokens"], row["cost_usd"] = 0, 0.0
+        rows.append(row)
+    one_by_one, batched = Metrics(multiprocess=False), Metrics(multiprocess=False)
+    for row in rows:
+        one_by_one.observe_row(row)
+    batched.observe_rows(rows[:17])
+    batched.observe_rows(rows[17:])
+    expected, got = samples(_render(one_by_one.registry)), samples(_render(batched.registry))
+    for name in ("pglog_requests_total", "pglog_upstream_errors_total", "pglog_tokens_total", "pglog_cost_usd_total"):
+        assert any(n == name for n, _ in expected), name
+    assert got.keys() == expected.keys()
+    assert all(got[k] == pytest.approx(v) for k, v in expected.items())
+    assert value(batched.registry, "pglog_requests_total", model="m-b", status="failure") > 0
+
+
 def test_writer_thread_moves_the_metrics_by_the_records_written(writer_env, clean_db):
     w = Writer(Settings.from_env(), metrics=Metrics(multiprocess=False))
     w.start()

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import query
 from helpers import make_slo
-from litellm_pglog import records
+from litellm_pglog import copyload, records
 from litellm_pglog.config import Settings
 from litellm_pglog.spool import Spool
 from litellm_pglog.writer import Writer
@@ -22,6 +22,14 @@ def rows(cluster, tag="run:test"):
 
 def responses(cluster):
     return query(cluster, "SELECT count(*) FROM responses")[0][0]
+
+
+@pytest.fixture(autouse=True, params=["statement", "copy"])
+def write_path(request, monkeypatch):
+    """Every test here runs twice: batches by the one statement, and by COPY first (copyload.py;
+    by default only batches of copyload.MIN_ROWS or more try it)."""
+    monkeypatch.setattr(copyload, "MIN_ROWS", 10 ** 9 if request.param == "statement" else 1)
+    return request.param
 
 
 @pytest.fixture

@@ -29,6 +29,13 @@ Why this shape (measured with bench/writer_throughput.py; numbers in the notes o
 - the statement runs in autocommit (it is atomic by itself): no BEGIN/COMMIT round trips;
 - ON CONFLICT keeps replays idempotent; no staging table, because the writer role has no
   TEMPORARY privilege on the database (and no DDL).
+
+Full batches (copyload.MIN_ROWS or more rows, i.e. a busy gateway or a spool replay) first try
+plain COPY into both tables (copyload.py), which costs the server about half as much per row:
+with it the writer reaches 0.95-0.98 of a raw COPY of the same rows, against 0.68 with this
+statement alone (bench/writer_throughput.py, docs/FINDINGS.md). COPY cannot skip a record that
+is already stored, so any refusal rolls it back whole and the batch comes here, to this
+statement, which decides duplicates and errors as it always did.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import orjson
 from sqlalchemy import Boolean, DateTime, Double, Engine, Integer, Numeric, String
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-from . import records
+from . import copyload, records
 from .dberrors import is_connection_error
 from .models import REQUEST_COLUMNS, RESPONSE_COLUMNS, Request, Response
 
@@ -134,7 +141,13 @@ def encode(rows: list[dict[str, Any]]) -> bytes:
 
 
 def insert_batch(engine: Engine, rows: list[dict[str, Any]]) -> tuple[int, list[str]]:
-    """Insert prepared rows in ONE statement. Returns (calls written, duplicate keys).
+    """Insert prepared rows. Returns (calls written, duplicate keys).
+
+    A batch of copyload.MIN_ROWS or more is first tried with COPY (copyload.py: about half
+    the server's work per row); if the database refuses it for any data-level reason -- a
+    record already stored, a bad value -- nothing of it stays and the same rows go through
+    the ONE statement above, which skips and reports duplicates and raises the database's
+    own error for a bad row, exactly as if COPY had not been tried.
 
     A key twice in the same batch: the first row is sent, the later ones are duplicates (one
     statement cannot tell "first" apart otherwise). A key already in the table: duplicate too.
@@ -145,10 +158,13 @@ def insert_batch(engine: Engine, rows: list[dict[str, Any]]) -> tuple[int, list[
     for row in rows:
         if first.setdefault(row[DEDUPE_KEY], row) is not row:
             duplicates.append(row[DEDUPE_KEY])
-    document = encode(list(first.values())).decode("utf-8")
+    unique = list(first.values())
     conn = engine.raw_connection()
     try:
         dbapi = conn.dbapi_connection
+        if len(unique) >= copyload.MIN_ROWS and _copied(dbapi, unique):
+            return len(unique), duplicates
+        document = encode(unique).decode("utf-8")
         dbapi.autocommit = True  # the statement is atomic on its own; saves BEGIN and COMMIT
         try:
             cur = dbapi.cursor()
@@ -158,10 +174,24 @@ def insert_batch(engine: Engine, rows: list[dict[str, Any]]) -> tuple[int, list[
         finally:
             if not dbapi.closed:
                 dbapi.autocommit = False  # hand the pool the connection as it was given
-        return len(first) - len(already), duplicates + already
+        return len(unique) - len(already), duplicates + already
     except BaseException as exc:
         if is_connection_error(exc):
             conn.invalidate()  # the pool must not hand this connection out again
         raise
     finally:
         conn.close()
+
+
+def _copied(dbapi: Any, rows: list[dict[str, Any]]) -> bool:
+    """True: COPY wrote all rows. False: the database (or COPY's text form) refused something
+    that is not a connection error; the transaction is rolled back, nothing of it stays.
+    A connection error is raised: the delivery policy retries or spools, as for the statement."""
+    try:
+        copyload.copy_batch(dbapi, rows)
+        return True
+    except Exception as exc:
+        if is_connection_error(exc):
+            raise
+        dbapi.rollback()
+        return False

@@ -4,8 +4,8 @@ Nothing here runs on the event loop. The callback still only counts `enqueued` i
 (stats.py); the writer thread, once per turn of its loop, adds what the dict counters moved by
 since the last turn to the Prometheus counters (publish()), refreshes the gauges (at most once
 a second: the spool's size is a directory listing), and counts each record's model, status,
-tokens and cost when it prepares the row (observe_row()). Insert time and response-to-row delay
-are observed by the writer thread around each delivery.
+tokens and cost when it has prepared a batch of rows (observe_rows()). Insert time and
+response-to-row delay are observed by the writer thread around each delivery.
 
 Several uvicorn workers (litellm --num_workers N): prometheus_client's multiprocess mode. The
 unit sets PROMETHEUS_MULTIPROC_DIR (a runtime directory emptied at every start); every worker
@@ -102,18 +102,33 @@ class Metrics:
                     getattr(self, name).set(values[name])
 
     def observe_row(self, row: dict[str, Any]) -> None:
-        model = row.get("model") or ""
-        status = row.get("status") or ""
-        self.requests.labels(model, status).inc()
-        if status == "failure":
-            self.upstream_errors.labels(model).inc()
-        for kind in ("prompt", "completion"):
-            n = row.get(f"{kind}_tokens") or 0
-            if n > 0:
-                self.tokens.labels(model, kind).inc(n)
-        cost = row.get("cost_usd") or 0.0
-        if cost > 0:
-            self.cost.labels(model).inc(cost)
+        self.observe_rows([row])
+
+    def observe_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Count a batch of prepared rows. Summed per label set first: a labels() lookup costs
+        about 3 us (lock, tuple, dict), four per row were a tenth of the writer thread's time."""
+        calls: dict[tuple[str, str], int] = {}
+        tokens: dict[tuple[str, str], int] = {}
+        cost: dict[str, float] = {}
+        for row in rows:
+            model = row.get("model") or ""
+            key = (model, row.get("status") or "")
+            calls[key] = calls.get(key, 0) + 1
+            for kind in ("prompt", "completion"):
+                n = row.get(f"{kind}_tokens") or 0
+                if n > 0:
+                    tokens[(model, kind)] = tokens.get((model, kind), 0) + n
+            c = row.get("cost_usd") or 0.0
+            if c > 0:
+                cost[model] = cost.get(model, 0.0) + c
+        for (model, status), n in calls.items():
+            self.requests.labels(model, status).inc(n)
+            if status == "failure":
+                self.upstream_errors.labels(model).inc(n)
+        for labels, n in tokens.items():
+            self.tokens.labels(*labels).inc(n)
+        for model, c in cost.items():
+            self.cost.labels(model).inc(c)
 
     def observe_committed(self, rows: list[dict[str, Any]], now: float | None = None) -> None:
         now = time.time() if now is None else now

@@ -142,8 +142,7 @@ class Writer:
         emit("shutdown", counters=dict(self.counters), spool_segments=len(self.spool.segments()))
 
     def _prepare(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Each record is prepared once in this process: its model/status/tokens/cost are
-        counted here (pglog_requests_total etc.), never on the event loop."""
+        """Each record is prepared once in this process, in this thread, never on the event loop."""
         try:
             row = records.prepare(raw, self.settings.max_payload_bytes, self.settings.payload_policy)
         except Exception as exc:  # a record we cannot even serialise: keep what we can
@@ -151,7 +150,6 @@ class Writer:
             emit("prepare_error", logging.ERROR, call_id=policy.mask(str(raw.get("id"))), error=short(exc))
             row = records.prepare({k: raw.get(k) for k in ("id", "startTime", "endTime", "status")},
                                   self.settings.max_payload_bytes, policy)
-        self.metrics.observe_row(row)
         return row
 
     # ---- the writer thread: the only one that touches the database and the spool --------------
@@ -166,6 +164,7 @@ class Writer:
             size = self.settings.batch_size
             for i in range(0, len(batch), size):
                 rows = [self._prepare(raw) for raw in batch[i:i + size]]
+                self.metrics.observe_rows(rows)  # model/status/tokens/cost: pglog_requests_total etc.
                 if not self._online or (self._stopping.is_set() and time.monotonic() >= self._deadline):
                     self._guarded(self.outbox.keep, rows)
                 else:
