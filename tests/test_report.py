@@ -167,6 +167,43 @@ def _cli(cluster, *args: str) -> str:
     return out.stdout
 
 
+def test_a_window_is_exact_to_the_hour_whichever_way_its_first_day_is_read(engine, rollup_db):
+    """report.usage() reads a window's first, partial day as its hours or as the daily row minus
+    the hours before the window (window_parts, whichever is fewer rows). For every start hour of
+    that day, calls and cost equal the raw rows inside the window, rows before it count nowhere
+    (not even as a group of 0 calls), and the median latency is that of the rows inside (within the bucket width)."""
+    import datetime as dt
+    from litellm_pglog.report import usage
+
+    day = (time.time() // 86400 - 3) * 86400  # a whole UTC day three days ago
+    latency = {day + h * HOUR + 60: 100.0 * (h + 1) for h in range(24)}  # one call an hour, 100..2400 ms
+    latency.update({day + 86400 + 5 * HOUR + i: 3000.0 for i in range(2)})  # the next day
+    latency.update({day - 60 * (i + 1): 10.0 for i in range(3)})  # the day before
+    early = row(99, day + 30, model="gpt-early")  # a model only in hour 0: gone from windows after it
+    # the call of hour 0 is the only stream: its first-token time leaves the windows after it
+    assert insert_batch(engine, [row(i, at, latency_ms=ms, ttft_ms=50.0 if at == day + 60 else None)
+                                 for i, (at, ms) in enumerate(latency.items())]
+                        + [early])[0] == 30
+    refresh(rollup_db)
+    with engine.connect() as conn:
+        for k in range(24):
+            start = day + k * HOUR
+            since = dt.timedelta(seconds=time.time() - start - 1800)  # the window starts on hour k
+            inside = sorted(ms for at, ms in latency.items() if at >= start)
+            cols, got = usage(conn, since, "model")
+            models = {r[0]: dict(zip(cols, r)) for r in got}
+            assert set(models) == ({"gpt-a", "gpt-early"} if k == 0 else {"gpt-a"}), k
+            only = models["gpt-a"]
+            assert (only["calls"], only["cost_usd"]) == (len(inside), 0.25 * len(inside)), k
+            median = inside[-(-len(inside) // 2) - 1]  # nearest rank, as the report's cum >= 0.5 total
+            assert median / 1.13 <= only["latency_ms_p50"] <= median * 1.13, (k, only, median)
+            assert (k != 0 or 50 / 1.13 <= only["ttft_ms_p50"] <= 50 * 1.13) and (k == 0 or only["ttft_ms_p50"] is None)
+            by_day = {r[0].timestamp(): r[1] for r in usage(conn, since, "day")[1]}
+            assert by_day == {day: 24 - k + (k == 0), day + 86400: 2}, k
+            by_hour = {r[0].timestamp(): r[1] for r in usage(conn, since, "hour")[1]}
+            assert by_hour == {**{day + h * HOUR: 1 + (h == 0) for h in range(k, 24)}, day + 86400 + 5 * HOUR: 2}, k
+
+
 def test_report_cli_groups_the_rollup_in_every_format(engine, rollup_db):
     now = time.time()
     insert_batch(engine, [row(i, now - 3 * HOUR + i, model="gpt-a", key=b"k1") for i in range(6)]
