@@ -48,8 +48,9 @@ def window_parts(start: dt.datetime, by: str) -> list[tuple[str, dt.datetime, dt
     """The rollup rows that make up the window [start, now], start on a whole UTC hour, as
     (level, from, to, sign) ranges: whole days from usage_daily_rollup, and the hours of the
     window's first, partial day from usage_hourly. The partial day is read whichever way needs
-    fewer rows: its hours inside the window (13 to 23 of them, sign +1), or its whole daily row
-    minus the hours before the window (1 to 11 of them, sign -1). Counts, tokens, cost and
+    fewer rows: its hours inside the window when it starts at 12:00 or later (1 to 12 of them,
+    sign +1), else its whole daily row minus the hours before the window (1 to 11 of them,
+    sign -1). Counts, tokens, cost and
     histogram buckets are sums, so the subtraction is exact: the daily row is folded from the
     same hourly rows in the same refresh (pglog_rollup_day). A grouping by hour reads hours only."""
     start = start.astimezone(dt.timezone.utc)
@@ -69,9 +70,9 @@ def usage(conn: Connection, since: dt.timedelta, by: str) -> tuple[list[str], li
     GROUP BY, then the bucket holding each quantile is found (bucket width +-12 %). The buckets
     are unnested in the select list (a ProjectSet streams them; unnest() in FROM materialised
     each row's arrays: 25 % slower at 25,000 rows); the sign is applied inside the aggregate (as
-    a projection above the ProjectSet it cost another 10 %). Every dimension is a NOT NULL column of the
-    rollup, so totals and quantiles join on plain equality: a hash join (IS NOT DISTINCT FROM
-    made it a nested loop, 500 x 500 groups by user)."""
+    a projection above the ProjectSet it cost another 10 %). Every dimension is a NOT NULL
+    column of the rollup, so totals and quantiles join on plain equality: a hash join (IS NOT
+    DISTINCT FROM made it a nested loop, 500 x 500 groups by user)."""
     if by not in DIMENSIONS:
         raise ValueError(f"--by {by!r}: one of {', '.join(DIMENSIONS)}")
     start = conn.execute(text("SELECT date_trunc('hour', now() - :since, 'UTC')"), {"since": since}).scalar()
