@@ -171,7 +171,8 @@ def test_a_window_is_exact_to_the_hour_whichever_way_its_first_day_is_read(engin
     """report.usage() reads a window's first, partial day as its hours or as the daily row minus
     the hours before the window (window_parts, whichever is fewer rows). For every start hour of
     that day, calls and cost equal the raw rows inside the window, rows before it count nowhere
-    (not even as a group of 0 calls), and the median latency is that of the rows inside (within the bucket width)."""
+    (not even as a group of 0 calls), and the median latency is that of the rows inside (within
+    the bucket width)."""
     import datetime as dt
     from litellm_pglog.report import usage
 
