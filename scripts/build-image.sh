@@ -18,9 +18,11 @@ IMAGE_NAME=localhost/pglog-trixie
 SUITE=trixie
 MIRROR=${PGLOG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # systemd/dbus: a real init for services; python3 + python3-apt: Ansible's
-# modules (apt needs python3-apt); sudo: become; the rest is what the
-# testinfra tests and drills use (ps, curl, ping, ip).
-INCLUDE=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,ca-certificates,procps,curl,iputils-ping
+# modules (apt needs python3-apt); sudo: become; openssh-server: Ansible
+# reaches the bed's hosts over SSH as it reaches production's (pipelined, one
+# connection per host; podman exec costs four processes per task); the rest is
+# what the testinfra tests and drills use (ps, curl, ping, ip).
+INCLUDE=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,ca-certificates,procps,curl,iputils-ping,openssh-server
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
@@ -87,6 +89,9 @@ log "debootstrap done in $((SECONDS - start)) s"
 : >"$rootfs/etc/hostname"
 : >"$rootfs/etc/machine-id"
 rm -f "$rootfs/var/lib/dbus/machine-id"
+# No host key in the image: every bed mounts its own (molecule/shared/create.yml),
+# so no two beds, and no image user, share a private key.
+rm -f "$rootfs"/etc/ssh/ssh_host_*
 
 if ((${#extra_cas[@]})); then
   log "adding ${#extra_cas[@]} extra CA certificate(s) from the build host"

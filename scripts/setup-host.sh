@@ -13,11 +13,12 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # Container stack (see docs: runc, not crun; netavark networking), image build
-# (debootstrap), the logging module's host tests (PostgreSQL 15 server) and venvs.
+# (debootstrap), the logging module's host tests (PostgreSQL 15 server) and venvs,
+# Ansible's connection to the beds' hosts (ssh).
 PACKAGES=(
   podman runc uidmap slirp4netns fuse-overlayfs netavark aardvark-dns
   containernetworking-plugins iptables nftables catatonit debootstrap
-  postgresql python3-venv
+  postgresql python3-venv openssh-client
 )
 
 missing=()

@@ -127,6 +127,17 @@ def inventory_groups() -> dict[str, Any]:
     return _runner().inventory.get("all", {}).get("children", {})
 
 
+def ssh_mounts(hostname: str) -> list[str]:
+    """`podman run --volume` arguments of a bed container's SSH access, the same three as
+    molecule/shared/create.yml mounts: the control node's public key as root's
+    authorized_keys, the platform's host key (so a re-created container answers with the key
+    the bed's known_hosts expects)."""
+    ssh = LAB_DIR / "ssh"
+    return [f"{ssh}/id_ed25519.pub:/root/.ssh/authorized_keys:ro",
+            f"{ssh}/host_{hostname}:/etc/ssh/ssh_host_ed25519_key:ro",
+            f"{ssh}/host_{hostname}.pub:/etc/ssh/ssh_host_ed25519_key.pub:ro"]
+
+
 def container_state(name: str) -> str:
     return subprocess.run(["podman", "container", "inspect", "--format", "{{.State.Status}}", name],
                           capture_output=True, text=True, timeout=30, check=False).stdout.strip()

@@ -11,7 +11,7 @@ testinfra_hosts = podman_hosts_in("all")
 
 # The TCP port each group's service may listen on: (role, variable). The value
 # comes from the inventory, else from the role's defaults; nothing else may
-# listen (any address). "*": every host.
+# listen (any address) but sshd. "*": every host.
 SERVICE_PORTS = {
     "*": [("exporters", "exporters_node_port")],
     "postgresql": [("postgresql", "postgresql_port"), ("pgbackrest", "pgbackrest_tls_port"),
@@ -43,6 +43,8 @@ def allowed_tcp_ports(name, groups):
             port = _port(hostvars, role, var)
             if port is not None:
                 ports.add(port)
+    # sshd: how Ansible reaches every host, the bed's as production's
+    ports.add(int(hostvars.get("ansible_port", 22)))
     return ports
 
 

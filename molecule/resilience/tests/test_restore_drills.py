@@ -207,6 +207,8 @@ def fresh_db_container(image: str) -> None:
         args += ["--ulimit", limit]
     for cap in plat.get("capabilities", []):
         args += ["--cap-add", cap]
+    for mount in bedlib.ssh_mounts(plat.get("hostname", "db")):
+        args += ["--volume", mount]
     args += list(plat.get("extra_opts", [])) + [image, plat.get("command", "/sbin/init")]
     subprocess.run(args, check=True, capture_output=True, text=True, timeout=120)
     wait_for("systemd in the fresh container", lambda: subprocess.run(
