@@ -343,20 +343,40 @@ def drill_bed():
 
 # --- the drills -----------------------------------------------------------------------------
 
+def timer_services(container: str) -> list[str]:
+    """The services the bundle's timers (unit files in /etc/systemd/system) start on a host."""
+    out = sh(container, "for t in /etc/systemd/system/*.timer; do [ -e \"$t\" ] && "
+                        "systemctl show -P Unit \"${t##*/}\"; done; true").stdout
+    return sorted(set(out.split()))
+
+
 def test_drill1_db_down():
     """PostgreSQL stopped for DB_DOWN_S under load: answers stay 200, everything spooled is
-    replayed once the database is back. Monitoring: PostgresDown reaches Alertmanager and the
-    lab webhook sink within ALERT_FIRE_S of the stop and resolves within ALERT_RESOLVE_S of
-    the start (times in the drill's line)."""
+    replayed once the database is back. Every timer of the database host fires during the
+    outage (its service started by hand) and none may start PostgreSQL again: a unit with
+    Requires= on it did (the rollup refresh, every 5 min), which ended the outage early and
+    kept PostgresDown from firing. Monitoring: PostgresDown reaches Alertmanager and the lab
+    webhook sink within ALERT_FIRE_S of the stop and resolves within ALERT_RESOLVE_S of the
+    start (times in the drill's line)."""
     tag = run_tag("dbdown")
     lead = 5
     load = Load(tag, duration=lead + DB_DOWN_S + 10, count=10_000)
     peak = 0
     watch = AlertWatch("PostgresDown")
+    timers = timer_services(DB)
+    started_pg: list[str] = []
+    states: dict[str, str] = {}
     try:
         time.sleep(lead)
         watch.fault()
         sh(DB, f"systemctl stop {PG_UNIT}", timeout=120)
+        for unit in timers:
+            sh(DB, f"systemctl start {unit}", timeout=120, check=False)
+            states[unit] = sh(DB, f"systemctl show -P ActiveState {unit}", check=False).stdout.strip()
+            if unit_active(DB, PG_UNIT):
+                started_pg.append(unit)
+                sh(DB, f"systemctl stop {PG_UNIT}", timeout=120)
+        sh(DB, "systemctl reset-failed", check=False)
         t_end = time.time() + DB_DOWN_S
         while time.time() < t_end:
             peak = max(peak, status()["spool_segments"])
@@ -368,7 +388,10 @@ def test_drill1_db_down():
     watch.resolved()
     summary, calls = load.wait()
     line = record(1, "db_down", tag, summary, settle(tag, calls), down_s=DB_DOWN_S,
-                  spool_segments_peak=peak, **watch.figures())
+                  spool_segments_peak=peak, timer_services=states, started_postgresql=started_pg,
+                  **watch.figures())
+    assert timers, "no timer on the database host (the upkeep and dump timers are missing)"
+    assert not started_pg, f"started PostgreSQL while it was stopped: {started_pg}"
     assert summary["statuses"] == {"200": summary["sent"]}, f"not every call answered 200: {summary['statuses']}"
     assert peak > 0, "nothing was spooled while the database was down (fault not effective?)"
     assert_no_loss(line)
