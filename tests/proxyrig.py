@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,12 +112,24 @@ class Proxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> None:
-        litellm = os.path.join(os.path.dirname(sys.executable), "litellm")
+    def start(self, timeout: float = 90, listen: socket.socket | None = None) -> None:
+        """`litellm` binding its own port; with `listen`, `python -m litellm_pglog.serve` on
+        that listening socket, handed over as systemd does (descriptor 3, LISTEN_FDS=1,
+        LISTEN_PID = the server's pid: the shell execs it)."""
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([litellm, "--config", self.config, "--host", "127.0.0.1", "--port", str(self.port),
+        if listen is None:
+            litellm = os.path.join(os.path.dirname(sys.executable), "litellm")
+            cmd, fds = [litellm], ()
+        else:
+            self.port = listen.getsockname()[1]
+            fd = listen.fileno()
+            cmd = ["sh", "-c", f'exec 3<&{fd} {fd}<&- && LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh",
+                   sys.executable, "-m", "litellm_pglog.serve"]
+            fds = (fd,)
+        self.proc = subprocess.Popen([*cmd, "--config", self.config, "--host", "127.0.0.1", "--port", str(self.port),
                                       *self.args],
-                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir)
+                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                     pass_fds=fds)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

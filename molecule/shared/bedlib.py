@@ -42,6 +42,8 @@ def _gw(name: str) -> str:
 
 
 GATEWAY_UNIT = "litellm-gateway.service"
+# its listening socket, held by systemd across restarts of the service (roles/litellm_gateway)
+GATEWAY_SOCKET = "litellm-gateway.socket"
 PG_UNIT = f"postgresql@{_pg('postgresql_version')}-{_pg('postgresql_cluster_name')}.service"
 PG_CONF_DIR = f"/etc/postgresql/{_pg('postgresql_version')}/{_pg('postgresql_cluster_name')}"
 GATEWAY_BASE = _gw("litellm_gateway_base_dir")

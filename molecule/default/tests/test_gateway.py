@@ -174,8 +174,23 @@ def test_service_active_enabled_as_its_own_user(host):
     assert u.shell in ("/usr/sbin/nologin", "/bin/false") and u.uid < 1000
     # the unit runs the current release with the configured listener
     exec_start = host.check_output(f"systemctl show -p ExecStart --value {UNIT}")
-    assert f"{BASE}/current/bin/litellm" in exec_start
+    assert f"{BASE}/current/bin/python -m litellm_pglog.serve" in exec_start
     assert f"--host {gw_address()}" in exec_start and f"--port {gw_port()}" in exec_start
+
+
+def test_the_listening_socket_is_systemds_and_the_server_serves_on_it(host):
+    """litellm-gateway.socket holds the port (so a restart refuses no call: resilience drill 3)
+    and the running server was handed that very socket, not one it bound itself."""
+    sock = host.service("litellm-gateway.socket")
+    assert sock.is_running and sock.is_enabled
+    listen = host.check_output("systemctl show -p Listen --value litellm-gateway.socket")
+    assert f"{gw_address()}:{gw_port()} (Stream)" in listen, listen
+    owners = host.check_output(f"ss -Htlnp 'sport = :{gw_port()}'")
+    pid = host.check_output(f"systemctl show -p MainPID --value {UNIT}")
+    assert "systemd" in owners and f"pid={pid}," in owners, owners
+    assert len(owners.splitlines()) == 1, f"more than one listening socket on the port: {owners}"
+    journal = host.check_output(f"journalctl -u {UNIT} _PID={pid} --no-pager -o cat")
+    assert "serving on the socket passed by systemd" in journal, journal[-2000:]
 
 
 def test_secret_files_modes(host):

@@ -26,6 +26,7 @@ from bedlib import (
     GATEWAY_PYTHON,
     GATEWAY_SCHEME,
     GATEWAY_TLS_CA,
+    GATEWAY_SOCKET,
     GATEWAY_UNIT,
     PG_CONF_DIR,
     PG_UNIT,
@@ -260,11 +261,12 @@ def test_evidence_holds_the_real_figures(healthy_run):
 
 def test_stopped_gateway_fails_gateway_active(gw, evidence_dir):
     wait_no_alert()
-    assert gw.run(f"systemctl stop {GATEWAY_UNIT}").rc == 0
+    # the socket too: while it listens, a connection starts the service again
+    assert gw.run(f"systemctl stop {GATEWAY_SOCKET} {GATEWAY_UNIT}").rc == 0
     try:
         proc, _, summary, _ = run_validate(evidence_dir, "-e", "validate_row_timeout_s=4")
     finally:
-        gw.run(f"systemctl start {GATEWAY_UNIT}")
+        gw.run(f"systemctl start {GATEWAY_SOCKET} {GATEWAY_UNIT}")
         wait_gateway_healthy(gw)
     # no gateway: no HTTP(S) answer, so no TLS session, no rows and no metrics either
     assert_only_failed(proc, summary, {
