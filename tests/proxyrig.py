@@ -87,6 +87,19 @@ class Stub:
         self.proc.wait(10)
 
 
+# What systemd does before it execs a socket-activated service: the socket at descriptor 3,
+# LISTEN_FDS=1 and LISTEN_PID = the pid that execs the server.
+_SYSTEMD_EXEC = """
+import os, sys
+if {fd} != 3:
+    os.dup2({fd}, 3)
+    os.close({fd})
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(sys.executable, [sys.executable, "-m", "litellm_pglog.serve", *sys.argv[1:]])
+"""
+
+
 class Proxy:
     def __init__(self, workdir: str, stub_port: int, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
         self.args = tuple(args)  # extra `litellm` arguments, e.g. ("--num_workers", "2")
@@ -114,8 +127,7 @@ class Proxy:
 
     def start(self, timeout: float = 90, listen: socket.socket | None = None) -> None:
         """`litellm` binding its own port; with `listen`, `python -m litellm_pglog.serve` on
-        that listening socket, handed over as systemd does (descriptor 3, LISTEN_FDS=1,
-        LISTEN_PID = the server's pid: the shell execs it)."""
+        that listening socket, handed over as systemd does (_SYSTEMD_EXEC)."""
         self.log = open(self.log_path, "a")
         if listen is None:
             litellm = os.path.join(os.path.dirname(sys.executable), "litellm")
@@ -123,8 +135,7 @@ class Proxy:
         else:
             self.port = listen.getsockname()[1]
             fd = listen.fileno()
-            cmd = ["sh", "-c", f'exec 3<&{fd} {fd}<&- && LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh",
-                   sys.executable, "-m", "litellm_pglog.serve"]
+            cmd = [sys.executable, "-c", _SYSTEMD_EXEC.format(fd=fd)]
             fds = (fd,)
         self.proc = subprocess.Popen([*cmd, "--config", self.config, "--host", "127.0.0.1", "--port", str(self.port),
                                       *self.args],
