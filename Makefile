@@ -11,6 +11,8 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 PGLOG_BED ?= pglog-test
 PGLOG_SUBNET ?= 10.89.71
+HA_BED ?= pglog-ha
+HA_SUBNET ?= 10.89.74
 RESILIENCE_BED ?= pglog-res
 RESILIENCE_SUBNET ?= 10.89.73
 DEMO_BED ?= pglog-lab
@@ -29,7 +31,7 @@ export PATH := $(VENV)/bin:$(PATH)
 bed_env = PGLOG_BED=$(1) PGLOG_SUBNET=$(2) PGLOG_LAB_DIR=$(CURDIR)/.lab/$(1) \
 	MOLECULE_EPHEMERAL_DIRECTORY=$(CURDIR)/.lab/$(1)/molecule
 
-.PHONY: help setup venvs image lint unit molecule test test-beds test-resilience demo demo-down bed-login
+.PHONY: help setup venvs image lint unit molecule test test-beds test-ha test-resilience demo demo-down bed-login
 
 help: ## this list
 	@grep -hE '^[a-z][a-z%-]*:.*## ' $(MAKEFILE_LIST) \
@@ -73,6 +75,9 @@ test-beds: ## scenario default, then the resilience drills on the same bed, then
 	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule test -s default --destroy never
 	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule verify -s resilience
 	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule destroy -s default
+
+test-ha: ## the HA topology (Patroni + etcd, three containers): converge, idempotence, verify, destroy
+	$(call bed_env,$(HA_BED),$(HA_SUBNET)) molecule test -s ha
 
 test-resilience: ## fault drills alone, on their own bed (scenario resilience)
 	$(call bed_env,$(RESILIENCE_BED),$(RESILIENCE_SUBNET)) molecule test -s resilience

@@ -94,7 +94,12 @@ def lab_secrets() -> dict[str, str]:
         "pglog_writer_password": lab_secret("pglog_writer_password"),
         "upstream_stub_api_key": lab_secret("upstream_stub_api_key"),
         "pglog_backup_passphrase": lab_secret("pglog_backup_passphrase"),
+        # the HA topology's own (molecule/ha); a bed that never needed them has no file
+        **{name: lab_secret(name) for name in HA_SECRETS if (LAB_DIR / "secrets" / name).exists()},
     }
+
+
+HA_SECRETS = ("pglog_replication_password", "pglog_rewind_password", "pglog_patroni_api_password")
 
 
 # --- inventory --------------------------------------------------------------------------

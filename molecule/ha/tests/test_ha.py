@@ -1,0 +1,294 @@
+"""The HA topology (molecule/ha): two PostgreSQL nodes run by Patroni, etcd on three hosts,
+a gateway whose writer follows the primary. Tests of real state, read from the nodes
+themselves (Patroni's REST API, pg_stat_replication, etcdctl, the firewall), and one drill
+under steady load (the planned switchover) that prints one JSON line, also appended to
+$PGLOG_LAB_DIR/drills.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import bedlib
+from bedlib import CLIENT_CA, GATEWAY_SCHEME, LAB_DIR, SUBNET, hosts_in, inventory_vars, lab_secrets, run_playbook
+
+DBS = hosts_in("postgresql")
+GW = hosts_in("litellm_gateway")[0]
+ETCD = hosts_in("etcd")
+# molecule/ha/molecule.yml gives the containers these addresses
+ADDR = {f"{bedlib.BED}-db1": f"{SUBNET}.19", f"{bedlib.BED}-db2": f"{SUBNET}.20",
+        f"{bedlib.BED}-gateway": f"{SUBNET}.18"}
+API_PORT = 8008
+PATRONI_CA = "/etc/patroni/tls/ca.crt"
+ETCD_TLS = "/etc/etcd/tls"
+LOADGEN = "/usr/local/lib/pglog-drill/loadgen.py"
+KEY_FILE = "/root/.pglog-drill-key"
+OUT = LAB_DIR / "drills.jsonl"
+SETTLE_S = float(os.environ.get("PGLOG_DRILL_SETTLE_S", "180"))
+
+
+def sh(container: str, cmd: str, timeout: float = 60, check: bool = True,
+       stdin: str | None = None) -> subprocess.CompletedProcess:
+    p = subprocess.run(["podman", "exec", "-i", container, "sh", "-c", cmd], input=stdin,
+                       capture_output=True, text=True, timeout=timeout, check=False)
+    if check and p.returncode != 0:
+        raise AssertionError(f"[{container}] {cmd!r} exited {p.returncode}: {p.stderr[-800:]}")
+    return p
+
+
+# A small HTTPS client run inside a container (standard library only): method, URL, CA,
+# optional basic-auth password read from stdin (never on a command line). Prints
+# {"status": N, "body": ...}; status 0 = no answer (refused, filtered, TLS failure).
+_HTTP = r"""
+import base64, json, ssl, sys, urllib.request, urllib.error
+method, url, ca, user = sys.argv[1:5]
+req = urllib.request.Request(url, method=method, data=b"{}" if method != "GET" else None)
+pw = sys.stdin.read()
+if user:
+    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+try:
+    with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=ca), timeout=5) as r:
+        print(json.dumps({"status": r.status, "body": r.read().decode()}))
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code, "body": e.read().decode()}))
+except Exception as e:
+    print(json.dumps({"status": 0, "body": repr(e)}))
+"""
+
+
+def http(container: str, method: str, url: str, user: str = "", password: str = "") -> dict:
+    p = sh(container, f"python3 -c {shlex.quote(_HTTP)} {method} {shlex.quote(url)} {PATRONI_CA} {shlex.quote(user)}",
+           stdin=password, timeout=30)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def cluster(via: str | None = None) -> dict:
+    """Patroni's view of the cluster (GET /cluster), from the first node that answers."""
+    for node in ([via] if via else DBS):
+        r = http(node, "GET", f"https://{ADDR[node]}:{API_PORT}/cluster")
+        if r["status"] == 200:
+            return json.loads(r["body"])
+    raise AssertionError("no Patroni node answered GET /cluster")
+
+
+def leader(c: dict) -> dict | None:
+    found = [m for m in c["members"] if m["role"] in ("leader", "primary") and m["state"] == "running"]
+    return found[0] if len(found) == 1 else None
+
+
+def psql(container: str, sql: str, db: str = "litellm_db") -> list[list[str]]:
+    p = sh(container, f"runuser -u postgres -- psql -d {db} -XAt -F '|' -v ON_ERROR_STOP=1 -c {shlex.quote(sql)}")
+    return [line.split("|") for line in p.stdout.splitlines() if line]
+
+
+def wait_for(what: str, check, timeout: float, every: float = 1.0) -> float:
+    t0 = time.time()
+    while not check():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+    return round(time.time() - t0, 1)
+
+
+def healthy(c: dict) -> bool:
+    """One running leader and every other member streaming from it."""
+    lead = leader(c)
+    return (lead is not None and len(c["members"]) == len(DBS)
+            and all(m["state"] == "streaming" for m in c["members"] if m is not lead))
+
+
+# --- the topology -----------------------------------------------------------------------------
+
+def test_one_leader_and_a_synchronous_replica_on_the_same_timeline():
+    c = cluster()
+    assert healthy(c), f"cluster not healthy: {c['members']}"
+    lead = leader(c)
+    replicas = [m for m in c["members"] if m is not lead]
+    # synchronous_mode (the role's default): the replica is the synchronous standby
+    assert [m["role"] for m in replicas] == ["sync_standby"], c["members"]
+    assert {m["timeline"] for m in c["members"]} == {lead["timeline"]}, c["members"]
+    assert all(m.get("lag", 0) in (0, "0") for m in replicas), c["members"]
+    print(json.dumps({"ha_members": [{k: m.get(k) for k in ("name", "role", "state", "timeline", "lag")}
+                                     for m in c["members"]]}))
+
+
+@pytest.mark.parametrize("node", DBS)
+def test_patroni_runs_the_server_and_debians_unit_is_masked(node):
+    assert sh(node, "systemctl is-active patroni.service").stdout.strip() == "active"
+    assert sh(node, "systemctl is-enabled postgresql@17-main.service", check=False).stdout.strip() == "masked"
+    # the postmaster is Patroni's child
+    ppid = sh(node, "ps -o ppid= -p $(head -1 /var/lib/postgresql/17/main/postmaster.pid)").stdout.strip()
+    parent = sh(node, f"ps -o comm=,args= -p {ppid}").stdout
+    assert "patroni" in parent, f"postmaster's parent is {parent!r}"
+
+
+def test_replication_uses_tls_and_scram_from_the_nodes_only():
+    lead = leader(cluster())
+    node = lead["name"]
+    rows = psql(node, "SELECT r.usename, s.ssl, s.version FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
+                db="postgres")
+    assert rows and all(u == "replicator" and ssl == "t" and v.startswith("TLSv1.") for u, ssl, v in rows), rows
+    rules = psql(node, "SELECT type, user_name::text, address, auth_method FROM pg_hba_file_rules"
+                       " WHERE 'replication' = ANY(database) OR 'pglog_rewind' = ANY(user_name)", db="postgres")
+    node_addresses = {ADDR[n] for n in DBS}
+    assert rules and all(t == "hostssl" and a == "scram-sha-256" and addr in node_addresses
+                         for t, _u, addr, a in rules), rules
+
+
+def test_etcd_refuses_clients_without_its_certificate():
+    member = ETCD[0]
+    url = f"https://{ADDR[member]}:2379"
+    base = f"ETCDCTL_API=3 timeout 20 etcdctl --endpoints={url} --cacert={ETCD_TLS}/ca.crt --dial-timeout=3s"
+    ok = sh(GW, f"{base} --cert={ETCD_TLS}/member.crt --key={ETCD_TLS}/member.key endpoint health", check=False)
+    assert ok.returncode == 0, ok.stderr
+    anon = sh(GW, f"{base} endpoint health", check=False)
+    assert anon.returncode != 0, "etcd answered a client without a certificate"
+    plain = sh(GW, f"timeout 10 curl -s -o /dev/null -w '%{{http_code}}' http://{ADDR[member]}:2379/health", check=False)
+    assert plain.stdout.strip() in ("", "000"), f"etcd answered plain HTTP: {plain.stdout!r}"
+    members = json.loads(sh(GW, f"{base} --cert={ETCD_TLS}/member.crt --key={ETCD_TLS}/member.key member list -w json")
+                         .stdout)["members"]
+    assert len(members) == 3 and all(u.startswith("https://") for m in members for u in m["peerURLs"]), members
+
+
+def test_patroni_api_refuses_changes_without_its_password():
+    lead = leader(cluster())["name"]
+    other = next(n for n in DBS if n != lead)
+    url = f"https://{ADDR[lead]}:{API_PORT}/restart"
+    assert http(other, "POST", url)["status"] == 401
+    assert http(other, "POST", url, user="patroni", password="wrong-" + secrets.token_hex(8))["status"] == 401
+    # plain HTTP is not served
+    plain = sh(other, f"timeout 10 curl -s -o /dev/null -w '%{{http_code}}' http://{ADDR[lead]}:{API_PORT}/patroni",
+               check=False)
+    assert plain.stdout.strip() in ("", "000"), plain.stdout
+
+
+def test_firewall_admits_patroni_and_replication_from_the_nodes_only():
+    """The gateway (an etcd member, not a database node) reaches etcd but not Patroni's API
+    (nor PostgreSQL's replication: pg_hba admits only the nodes anyway)."""
+    node = DBS[0]
+    assert http(GW, "GET", f"https://{ADDR[node]}:{API_PORT}/patroni")["status"] == 0
+    assert http(DBS[1], "GET", f"https://{ADDR[node]}:{API_PORT}/patroni")["status"] == 200
+
+
+def test_ha_secrets_stay_out_of_journals_and_process_lists():
+    values = {k: v for k, v in lab_secrets().items() if k in bedlib.HA_SECRETS}
+    assert len(values) == 3, f"HA secrets missing from the bed: {sorted(values)}"
+    for host in DBS + [GW]:
+        text = sh(host, "journalctl --no-pager -q -o cat; ps -eo args", timeout=120).stdout
+        leaked = [k for k, v in values.items() if v in text]
+        assert not leaked, f"{host}: {leaked} in the journal or a process list"
+
+
+# --- the gateway follows the primary -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def loadgen():
+    """Loadgen and the master key on the gateway host (the key via stdin: in no command line)."""
+    sh(GW, f"mkdir -p {os.path.dirname(LOADGEN)}")
+    subprocess.run(["podman", "cp", str(Path(bedlib.__file__).with_name("loadgen.py")), f"{GW}:{LOADGEN}"],
+                   check=True, timeout=60)
+    bedlib.install_ca(GW)
+    sh(GW, f"umask 077; cat > {KEY_FILE}", stdin=lab_secrets()["litellm_master_key"])
+    yield
+    sh(GW, f"rm -f {KEY_FILE}", check=False)
+
+
+def start_load(tag: str, duration: float, count: int, rate: float = 4) -> subprocess.Popen:
+    gw = inventory_vars(GW)
+    url = f"{GATEWAY_SCHEME}://{ADDR[GW]}:{gw.get('litellm_gateway_port', 4000)}/v1/chat/completions"
+    args = ["--url", url, "--key-file", KEY_FILE, "--ca-file", CLIENT_CA, "--model",
+            gw["litellm_gateway_models"][0]["name"], "--tag", tag, "--rate", str(rate),
+            "--duration", str(duration), "--count", str(count), "--timeout", "30"]
+    return subprocess.Popen(["podman", "exec", GW, "python3", LOADGEN, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_load(proc: subprocess.Popen, limit: float) -> list[dict]:
+    out, err = proc.communicate(timeout=limit)
+    assert proc.returncode == 0, f"load generator failed: {err[-800:]}"
+    return json.loads(out.strip().splitlines()[-1])["calls"]
+
+
+def figures(node: str, tag: str, calls: list[dict]) -> dict:
+    assert all(ch.isalnum() or ch == "-" for ch in tag)
+    rows = psql(node, "SELECT q.call_id, count(r.id) FROM requests q LEFT JOIN responses r ON r.request_id = q.id"
+                      f" WHERE q.tags @> jsonb_build_array('run:{tag}') GROUP BY q.id, q.call_id")
+    by_call: dict[str, list[int]] = {}
+    for call_id, n in rows:
+        by_call.setdefault(call_id, []).append(int(n))
+    answered = {c["call_id"] for c in calls if c["status"] == 200 and c["call_id"]}
+    request_rows = sum(len(v) for v in by_call.values())
+    return {"answered": len(answered), "refused_or_failed": sum(1 for c in calls if c["status"] != 200),
+            "request_rows": request_rows, "response_rows": sum(sum(v) for v in by_call.values()),
+            "lost": len(answered - set(by_call)),
+            "duplicated": (request_rows - len(by_call)) + sum(n - 1 for v in by_call.values() for n in v if n > 1),
+            "orphans": sum(1 for v in by_call.values() for n in v if n == 0)}
+
+
+def settle(tag: str, calls: list[dict]) -> tuple[str, dict]:
+    """Bounded wait until every answered call is on the current primary; (primary, figures)."""
+    t0 = time.time()
+    while True:
+        node = leader(cluster())["name"]
+        f = figures(node, tag, calls)
+        if (f["lost"] == 0 and f["orphans"] == 0) or time.time() - t0 > SETTLE_S:
+            f["settle_s"] = round(time.time() - t0, 1)
+            return node, f
+
+
+def record(line: dict) -> dict:
+    print(json.dumps(line))
+    with OUT.open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    return line
+
+
+def test_calls_are_logged_on_the_primary_and_replicated(loadgen):
+    tag = f"ha-smoke-{secrets.token_hex(3)}"
+    calls = finish_load(start_load(tag, duration=10, count=5, rate=2), limit=120)
+    node, f = settle(tag, calls)
+    assert f["answered"] == 5 and f["lost"] == 0 and f["duplicated"] == 0, f
+    replica = next(n for n in DBS if n != node)
+    wait_for("the rows on the replica",
+             lambda: figures(replica, tag, calls)["request_rows"] == f["request_rows"], 30)
+
+
+def test_switchover_under_load_loses_and_duplicates_nothing(loadgen):
+    """Planned switchover (playbooks/switchover.yml) in the middle of 4 calls/s: every answered
+    call is logged exactly once on the new primary, the old primary streams from it."""
+    before = cluster()
+    old = leader(before)
+    assert old and healthy(before), before
+    tag = f"ha-switchover-{secrets.token_hex(3)}"
+    load = start_load(tag, duration=60, count=240)
+    time.sleep(15)
+    # watch the cluster while Patroni hands over: how long no member is a running leader
+    t_switch = time.time()
+    rc, out = run_playbook("playbooks/switchover.yml", timeout=300)
+    assert rc == 0, out[-3000:]
+    switch_s = round(time.time() - t_switch, 1)
+    calls = finish_load(load, limit=60 + 120)
+    node, f = settle(tag, calls)
+    after = cluster()
+    new = leader(after)
+    # the writer's pause: the longest gap between consecutive logged calls of the run
+    gap = psql(node, "SELECT coalesce(max(d), 0) FROM (SELECT extract(epoch FROM created_at - lag(created_at)"
+                     " OVER (ORDER BY created_at)) AS d FROM requests"
+                     f" WHERE tags @> jsonb_build_array('run:{tag}')) g")[0][0]
+    line = record({"drill": "ha-switchover", "tag": tag, **f, "old_primary": old["name"],
+                   "new_primary": new["name"] if new else None,
+                   "timeline": [old["timeline"], new["timeline"] if new else None],
+                   "switchover_playbook_s": switch_s, "longest_logging_gap_s": round(float(gap), 1)})
+    assert new and new["name"] != old["name"], line
+    assert new["timeline"] == old["timeline"] + 1, line
+    assert line["lost"] == 0 and line["duplicated"] == 0 and line["orphans"] == 0, line
+    assert line["answered"] > 100, line
+    wait_for("the old primary to stream from the new one", lambda: healthy(cluster()), 120, every=2)
