@@ -4,15 +4,17 @@ all, libpq tries them in order and keeps the first read-write session
 
 import socket
 
+import psycopg2
 import pytest
 from sqlalchemy import create_engine, exc
 
 from conftest import read_only_role
 from helpers import make_slo
-from litellm_pglog import records
+from litellm_pglog import copyload, records
 from litellm_pglog.config import ConfigError, Settings
 from litellm_pglog.dberrors import is_connection_error
-from litellm_pglog.engine import describe_new_connection, make_engine, masked_dsn, url
+from litellm_pglog.engine import PoolStats, describe_new_connection, make_engine, masked_dsn, url
+from litellm_pglog.insert import insert_batch
 from litellm_pglog.writer import Writer
 from pgcluster import WRITER_PW, free_port, wait_until
 
@@ -148,6 +150,29 @@ def test_read_write_target_refuses_a_read_only_session(clean_db):
         assert is_connection_error(raised.value)
         # one host without target_session_attrs connects: its inserts are refused instead (below)
         assert describe_new_connection(Settings.from_env(clean_db.env()))["host"] == "localhost"
+
+
+@pytest.mark.parametrize("path", ["statement", "copy"])
+def test_read_only_refusal_is_a_connection_error_and_the_connection_is_dropped(clean_db, monkeypatch, path):
+    """25006 read_only_sql_transaction (a session on a demoted primary or a standby) says where
+    the connection went, not what is wrong with the rows: the delivery policy must retry and
+    spool, never bisect into the rejected file; the pooled connection is thrown away so the
+    next checkout reconnects through the host list."""
+    monkeypatch.setattr(copyload, "MIN_ROWS", 1 if path == "copy" else 10 ** 9)
+    stats = PoolStats()
+    engine = make_engine(Settings.from_env(clean_db.env()), stats, log_connect=False, pre_ping=False)
+    rows = [records.prepare(records.capture(make_slo(i)), 262144) for i in range(3)]
+    try:
+        with read_only_role(clean_db):
+            with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction) as raised:
+                insert_batch(engine, rows)
+            assert raised.value.pgcode == "25006"
+            assert is_connection_error(raised.value)
+            assert stats.invalidated == 1 and stats.connects == 1
+        assert insert_batch(engine, rows) == (3, [])
+        assert stats.connects == 2  # a new session, not the read-only one again
+    finally:
+        engine.dispose()
 
 
 def test_writer_with_the_first_host_down_writes_to_the_second(clean_db, writer_env, monkeypatch):
