@@ -3,11 +3,13 @@ migrated database, writer settings with a private spool/state dir per test."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 # The package comes from the dev venv, where `make venvs` installs it editable
 # (files/litellm_pglog): here and in the subprocesses (proxy, CLI) alike.
-from pgcluster import DB, OWNER, OWNER_PW, WRITER, new_cluster
+from pgcluster import DB, OWNER, OWNER_PW, WRITER, new_cluster, wait_until
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,3 +61,21 @@ def query(cluster, sql: str, params=()):  # noqa: ANN001, ANN201
         cur = conn.cursor()
         cur.execute(sql, params)
         return cur.fetchall() if cur.description else None
+
+
+@contextlib.contextmanager
+def read_only_role(cluster, role: str = WRITER):  # noqa: ANN001, ANN201
+    """The database turns read-only for `role`, as a primary demoted in a switchover does for
+    the gateway: every new session of the role is read-only (default_transaction_read_only)
+    and its open sessions are cut (Patroni restarts the old primary as a standby). Reset on
+    the way out, whatever happened."""
+    with cluster.admin() as conn:
+        cur = conn.cursor()
+        cur.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+        try:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+            assert wait_until(lambda: not query(cluster, "SELECT 1 FROM pg_stat_activity WHERE usename = %s",
+                                                (role,)), 10)
+            yield
+        finally:
+            cur.execute(f"ALTER ROLE {role} RESET default_transaction_read_only")

@@ -110,3 +110,32 @@ def test_an_unexpected_exception_is_isolated_like_a_refused_row():
 
     out = Delivery(insert, sleep=no_sleep).deliver(batch(6))
     assert [r["call_id"] for r, _ in out.rejected] == ["c2"] and out.written == 5
+
+
+def test_a_read_only_session_is_retried_and_kept_never_bisected_or_rejected():
+    """25006 read_only_sql_transaction: the connection reached a standby or a demoted primary.
+    The rows are fine: retried like a lost connection, then handed back undelivered (spooled);
+    bisecting them would put every one of them in the rejected file."""
+    calls = []
+
+    def insert(rows):
+        calls.append(len(rows))
+        raise psycopg2.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
+
+    rows = batch(16)
+    out = Delivery(insert, sleep=no_sleep).deliver(rows)
+    assert out.undelivered == rows and not out.rejected and out.written == 0
+    assert isinstance(out.error, psycopg2.errors.ReadOnlySqlTransaction)
+    assert calls == [16, 16, 16]  # first try + two retries, all whole: no bisect
+
+
+def test_read_only_is_a_connection_error_wrapped_or_not():
+    import sqlalchemy.exc
+
+    from litellm_pglog.dberrors import is_connection_error
+
+    ro = psycopg2.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
+    assert is_connection_error(ro)
+    assert is_connection_error(sqlalchemy.exc.InternalError("INSERT ...", {}, ro))
+    assert not is_connection_error(psycopg2.errors.InvalidTextRepresentation("bad json"))
+    assert not is_connection_error(psycopg2.errors.UniqueViolation("duplicate key"))

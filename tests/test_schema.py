@@ -291,6 +291,22 @@ def test_check_revision_reports_a_dropped_connection_as_unreachable_not_mismatch
     assert "unreachable" in str(raised.value)
 
 
+def test_check_revision_on_a_read_only_node_is_not_a_mismatch(clean_db):
+    """A demoted primary or a standby answers the revision check (a read) as the primary does:
+    it must not refuse the start as a schema mismatch; its refusal to write is the delivery
+    policy's business (spool and retry)."""
+    from conftest import read_only_role
+
+    engine = make_engine(Settings.from_env(clean_db.env()), log_connect=False)
+    try:
+        with read_only_role(clean_db):
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
+                assert check_revision(conn) == code_head()
+    finally:
+        engine.dispose()
+
+
 def test_check_revision_without_alembic_version_is_still_a_mismatch(cluster, migrated):
     """The other side of the same line: a reachable database without a readable alembic_version
     (here: a fresh, unmigrated one) stays a SchemaMismatch."""

@@ -409,3 +409,38 @@ def test_restart_between_batches_costs_a_retry_not_the_spool(writer, clean_db):
     assert wait_until(lambda: writer.counters["written"] == 10, 20)
     assert writer.counters["spooled"] == 0 and writer._online is True
     assert writer.pool_stats.invalidated >= 1  # the dead connection was thrown away, not reused
+
+
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_a_database_turned_read_only_spools_and_rejects_nothing(writer_env, monkeypatch, clean_db, hosts):
+    """A switchover under the writer: the primary's sessions are cut and it comes back
+    read-only. One host: the new session is read-only and refuses the batch with 25006; two
+    hosts (read-write target): libpq refuses the read-only session. Either way the records are
+    fine: they go to the spool (never the rejected file) and land once writes are possible again."""
+    from conftest import read_only_role
+    from pgcluster import free_port
+
+    if hosts == 2:
+        monkeypatch.setenv("PGLOG_DB_HOST", "localhost,localhost")
+        monkeypatch.setenv("PGLOG_DB_PORT", f"{free_port()},{clean_db.port}")
+    w = Writer(Settings.from_env())
+    w.start()
+    try:
+        submit(w, [make_slo(i) for i in range(10)])
+        assert wait_until(lambda: w.counters["written"] == 10)
+        with read_only_role(clean_db):
+            submit(w, [make_slo(i) for i in range(10, 40)])
+            assert wait_until(lambda: w.counters["spooled"] == 30, 15), w.counters
+            assert w._online is False and w.spool.segments()
+            assert w.counters["failed"] == 0 and w.counters["written"] == 10
+        assert wait_until(lambda: w.counters["replayed"] == 30, 30), w.counters
+        submit(w, [make_slo(i) for i in range(40, 45)])
+        assert wait_until(lambda: w.counters["written"] == 15)
+    finally:
+        w.stop(timeout=5)
+    assert rows(clean_db) == 45 and responses(clean_db) == 45
+    assert not os.path.exists(os.path.join(w.spool.directory, f"rejected-{os.getpid()}.jsonl"))
+    stats = json.load(open(os.path.join(writer_env["PGLOG_STATE_DIR"], f"stats-{os.getpid()}.json")))
+    assert stats["counters"]["failed"] == 0 and stats["counters"]["dropped"] == 0
+    assert stats["counters"]["duplicates"] == 0 and stats["counters"]["replayed"] == 30
+    assert w.pool_stats.invalidated >= 1

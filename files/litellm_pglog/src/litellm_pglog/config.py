@@ -37,12 +37,40 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
 
 
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# libpq's target_session_attrs (PostgreSQL 14+ clients)
+_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+
+
+def _hosts(env: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[int, ...], str | None]:
+    """PGLOG_DB_HOST: one host or a comma list (the nodes of a Patroni cluster, tried in order);
+    PGLOG_DB_PORT: one port for all of them or one per host; PGLOG_DB_TARGET_SESSION_ATTRS:
+    which session libpq keeps -- default read-write with several hosts (the primary, wherever
+    it is now), none with one (the DSN stays as it always was)."""
+    raw = env["PGLOG_DB_HOST"]
+    hosts = tuple(h.strip() for h in raw.split(","))
+    if not all(hosts):
+        raise ConfigError(f"PGLOG_DB_HOST={raw!r} has an empty host (comma list: host1,host2)")
+    raw_port = env.get("PGLOG_DB_PORT", "").strip()
+    if "," not in raw_port:
+        ports = (_int(env, "PGLOG_DB_PORT", 5432, 1),) * len(hosts)
+    else:
+        items = [p.strip() for p in raw_port.split(",")]
+        if len(items) != len(hosts):
+            raise ConfigError(f"PGLOG_DB_PORT={raw_port!r}: {len(items)} ports for {len(hosts)} "
+                              f"host{'s' if len(hosts) != 1 else ''} (give one port for all, or one per host)")
+        if not all(items):
+            raise ConfigError(f"PGLOG_DB_PORT={raw_port!r} has an empty port")
+        ports = tuple(_int({"PGLOG_DB_PORT": p}, "PGLOG_DB_PORT", 5432, 1) for p in items)
+    attrs = env.get("PGLOG_DB_TARGET_SESSION_ATTRS", "").strip() or ("read-write" if len(hosts) > 1 else None)
+    if attrs is not None and attrs not in _SESSION_ATTRS:
+        raise ConfigError(f"PGLOG_DB_TARGET_SESSION_ATTRS={attrs!r} is not one of {', '.join(_SESSION_ATTRS)}")
+    return hosts, ports, attrs
 
 
 @dataclass(frozen=True)
 class Settings:
-    db_host: str
-    db_port: int
+    db_hosts: tuple[str, ...]  # PGLOG_DB_HOST, one or more (comma list)
+    db_ports: tuple[int, ...]  # one per host
     db_name: str
     db_user: str
     db_password: str
@@ -67,6 +95,8 @@ class Settings:
     # The metrics endpoint (metrics.py); port 0: none.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
+    # libpq target_session_attrs; None: not set (one host, unless PGLOG_DB_TARGET_SESSION_ATTRS)
+    target_session_attrs: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -84,9 +114,11 @@ class Settings:
         channel_binding = env.get("PGLOG_DB_CHANNEL_BINDING", "").strip() or ("require" if tls else "prefer")
         if channel_binding not in ("disable", "prefer", "require"):
             raise ConfigError(f"PGLOG_DB_CHANNEL_BINDING={channel_binding!r} is not disable|prefer|require")
+        hosts, ports, target_session_attrs = _hosts(env)
         return cls(
-            db_host=env["PGLOG_DB_HOST"],
-            db_port=_int(env, "PGLOG_DB_PORT", 5432, 1),
+            db_hosts=hosts,
+            db_ports=ports,
+            target_session_attrs=target_session_attrs,
             db_name=env["PGLOG_DB_NAME"],
             db_user=env["PGLOG_DB_USER"],
             db_password=env.get("PGLOG_DB_PASSWORD", ""),

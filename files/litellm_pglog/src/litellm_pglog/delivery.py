@@ -2,8 +2,9 @@
 for the spool replay alike: `Delivery(insert).deliver(rows) -> Outcome`.
 
   1. insert the whole batch (insert.insert_batch: one statement);
-  2. the database is away (a connection-level error, see dberrors): try again after 0.1 s and
-     0.3 s -- a restarted server or a dead pooled connection usually answers on the next try;
+  2. the database is away (a connection-level error, see dberrors -- a read-only session on a
+     standby or a demoted primary counts as one): try again after 0.1 s and 0.3 s -- a
+     restarted server, a dead pooled connection or a failover usually answers on the next try;
      still away: the rows come back `undelivered`, and the caller keeps them (outbox) and goes
      offline. Once that happened, the rest of the batch is not even tried;
   3. the database refuses the data (any other error): some row in the batch is bad. Bisect:

@@ -2,6 +2,8 @@
 
 What `event=connect` logs, once per new DBAPI connection, and why it is evidence:
   server_version       from the server (`SHOW server_version`)
+  host, port           libpq's: the entry of PGLOG_DB_HOST/PGLOG_DB_PORT this connection went to
+                       (several hosts: the first one that took a target_session_attrs session)
   client_addr, client_port, server_addr
                        the server's view of this connection's two ends (inet_client_addr(),
                        inet_client_port(), inet_server_addr()): the source address the pg_hba
@@ -56,12 +58,25 @@ def url(settings: Settings) -> URL:
     }
     if settings.sslrootcert:
         query["sslrootcert"] = settings.sslrootcert
+    if settings.target_session_attrs:
+        query["target_session_attrs"] = settings.target_session_attrs
+    host: str | None = settings.db_hosts[0]
+    port: int | None = settings.db_ports[0]
+    if len(settings.db_hosts) > 1:
+        # Several hosts (a Patroni cluster): libpq takes them as comma lists, tries them in
+        # order and keeps the first session that meets target_session_attrs; with verify-full
+        # each host's certificate is checked against that host's own name. SQLAlchemy's
+        # psycopg2 dialect passes `host=h1,h2&port=p1,p2` on as they are; its other spelling
+        # (host=h1:p1&host=h2:p2) splits at ':' and would mangle an IPv6 address.
+        query["host"] = ",".join(settings.db_hosts)
+        query["port"] = ",".join(str(p) for p in settings.db_ports)
+        host = port = None
     return URL.create(
         "postgresql+psycopg2",
         username=settings.db_user,
         password=settings.db_password or None,
-        host=settings.db_host,
-        port=settings.db_port,
+        host=host,
+        port=port,
         database=settings.db_name,
         query=query,
     )
@@ -128,6 +143,8 @@ def _describe(dbapi_conn: Any, settings: Settings) -> dict[str, Any]:
     return {
         "server_version": server_version,
         "backend_pid": info.backend_pid,
+        "host": info.host,
+        "port": info.port,
         "client_addr": client_addr,
         "client_port": client_port,
         "server_addr": server_addr,
