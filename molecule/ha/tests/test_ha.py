@@ -66,8 +66,10 @@ except Exception as e:
 
 def http(container: str, method: str, url: str, user: str = "", password: str = "") -> dict:
     p = sh(container, f"python3 -c {shlex.quote(_HTTP)} {method} {shlex.quote(url)} {PATRONI_CA} {shlex.quote(user)}",
-           stdin=password, timeout=30)
-    return json.loads(p.stdout.strip().splitlines()[-1])
+           stdin=password, timeout=30, check=False)
+    lines = p.stdout.strip().splitlines()
+    # a container that is down answers nothing at all
+    return json.loads(lines[-1]) if lines else {"status": 0, "body": p.stderr[-300:]}
 
 
 def cluster(via: str | None = None) -> dict:
@@ -237,7 +239,12 @@ def settle(tag: str, calls: list[dict]) -> tuple[str, dict]:
     """Bounded wait until every answered call is on the current primary; (primary, figures)."""
     t0 = time.time()
     while True:
-        node = leader(cluster())["name"]
+        lead = leader(cluster())
+        if lead is None:
+            assert time.time() - t0 < SETTLE_S, "no primary to settle on"
+            time.sleep(2)
+            continue
+        node = lead["name"]
         f = figures(node, tag, calls)
         if (f["lost"] == 0 and f["orphans"] == 0) or time.time() - t0 > SETTLE_S:
             f["settle_s"] = round(time.time() - t0, 1)
@@ -292,3 +299,123 @@ def test_switchover_under_load_loses_and_duplicates_nothing(loadgen):
     assert line["lost"] == 0 and line["duplicated"] == 0 and line["orphans"] == 0, line
     assert line["answered"] > 100, line
     wait_for("the old primary to stream from the new one", lambda: healthy(cluster()), 120, every=2)
+
+
+# --- unplanned faults under load ------------------------------------------------------------------
+
+class LeaderWatch:
+    """Polls Patroni's view every 0.5 s in a thread: the longest stretch without a running leader."""
+
+    def __init__(self) -> None:
+        import threading
+        self.samples: list[tuple[float, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            name = None
+            for node in DBS:
+                try:
+                    r = http(node, "GET", f"https://{ADDR[node]}:{API_PORT}/cluster")
+                except (subprocess.SubprocessError, json.JSONDecodeError):
+                    continue
+                if r["status"] == 200:
+                    lead = leader(json.loads(r["body"]))
+                    name = lead["name"] if lead else None
+                    break
+            self.samples.append((time.time(), name))
+            self._stop.wait(0.5)
+
+    def stop(self) -> float:
+        """Seconds of the longest run of samples without a leader."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        longest, start = 0.0, None
+        for t, name in self.samples:
+            if name is None and start is None:
+                start = t
+            elif name is not None and start is not None:
+                longest, start = max(longest, t - start), None
+        if start is not None:
+            longest = max(longest, self.samples[-1][0] - start)
+        return round(longest, 1)
+
+
+def fault_drill(name: str, fault, repair, duration: float = 90) -> dict:
+    """Steady load; `fault(old_leader)` after 15 s; `repair(old_leader)` once the load ends;
+    then every answered call must be on the current primary exactly once."""
+    before = cluster()
+    old = leader(before)
+    assert old and healthy(before), before["members"]
+    tag = f"ha-{name}-{secrets.token_hex(3)}"
+    load = start_load(tag, duration=duration, count=int(duration * 4))
+    time.sleep(15)
+    watch = LeaderWatch()
+    t_fault = time.time()
+    fault(old["name"])
+    calls = finish_load(load, limit=duration + 120)
+    no_leader_s = watch.stop()
+    new_leader_after_s = next((round(t - t_fault, 1) for t, n in watch.samples if t > t_fault and n and n != old["name"]),
+                              None)
+    repair(old["name"])
+    node, f = settle(tag, calls)
+    gap = psql(node, "SELECT coalesce(max(d), 0) FROM (SELECT extract(epoch FROM created_at - lag(created_at)"
+                     " OVER (ORDER BY created_at)) AS d FROM requests"
+                     f" WHERE tags @> jsonb_build_array('run:{tag}')) g")[0][0]
+    rejoin_s = wait_for("every member back, the cluster healthy", lambda: healthy(cluster()), 240, every=2)
+    after = cluster()
+    new = leader(after)
+    return record({"drill": f"ha-{name}", "tag": tag, **f, "old_primary": old["name"], "primary_after": new["name"],
+                   "timeline": [old["timeline"], new["timeline"]], "time_without_primary_s": no_leader_s,
+                   "new_primary_after_s": new_leader_after_s, "longest_logging_gap_s": round(float(gap), 1),
+                   "cluster_healthy_after_repair_s": rejoin_s})
+
+
+def assert_nothing_lost(line: dict) -> None:
+    assert line["lost"] == 0 and line["duplicated"] == 0 and line["orphans"] == 0, line
+    assert line["answered"] > 100, line
+
+
+def test_primary_postgres_killed_is_restarted_by_patroni_and_loses_nothing(loadgen):
+    """SIGKILL of the primary's postmaster: Patroni, alive and holding the leader lock,
+    restarts the server (crash recovery) instead of failing over."""
+    def fault(node: str) -> None:
+        sh(node, "kill -KILL $(head -1 /var/lib/postgresql/17/main/postmaster.pid)")
+
+    line = fault_drill("postgres-killed", fault, lambda node: None)
+    assert_nothing_lost(line)
+    assert line["time_without_primary_s"] <= 30, line
+
+
+def test_primary_host_killed_fails_over_and_loses_nothing(loadgen):
+    """The primary's container killed (SIGKILL, like a power cut): the synchronous replica is
+    promoted once the leader lock expires; the old primary, started again, rejoins as a
+    replica (pg_rewind). synchronous_mode: every call answered before the cut is logged."""
+    def fault(node: str) -> None:
+        subprocess.run(["podman", "kill", "--signal", "KILL", node], check=True, timeout=60)
+
+    def repair(node: str) -> None:
+        subprocess.run(["podman", "start", node], check=True, timeout=120)
+
+    line = fault_drill("host-killed", fault, repair)
+    assert_nothing_lost(line)
+    assert line["primary_after"] != line["old_primary"], line
+    assert line["timeline"][1] == line["timeline"][0] + 1, line
+    assert line["new_primary_after_s"] is not None and line["new_primary_after_s"] <= 45, line
+
+
+def test_an_etcd_member_lost_changes_nothing(loadgen):
+    """etcd on the witness host (the gateway) stopped: two of three members keep the quorum;
+    the leader stays, the writer does not notice."""
+    def fault(_node: str) -> None:
+        sh(GW, "systemctl stop etcd.service")
+
+    def repair(_node: str) -> None:
+        sh(GW, "systemctl start etcd.service", timeout=120)
+
+    line = fault_drill("etcd-member-lost", fault, repair, duration=60)
+    assert_nothing_lost(line)
+    assert line["primary_after"] == line["old_primary"] and line["time_without_primary_s"] == 0, line
+    assert line["timeline"][0] == line["timeline"][1], line
