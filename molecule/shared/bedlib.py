@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +95,10 @@ def lab_secrets() -> dict[str, str]:
         "pglog_writer_password": lab_secret("pglog_writer_password"),
         "upstream_stub_api_key": lab_secret("upstream_stub_api_key"),
         "pglog_backup_passphrase": lab_secret("pglog_backup_passphrase"),
-        # the HA topology's own (molecule/ha); a bed that never needed them has no file
-        **{name: lab_secret(name) for name in HA_SECRETS if (LAB_DIR / "secrets" / name).exists()},
     }
 
 
+# The HA topology's own secrets (molecule/ha); a two-host bed never generates them.
 HA_SECRETS = ("pglog_replication_password", "pglog_rewind_password", "pglog_patroni_api_password")
 
 
@@ -191,3 +191,16 @@ def play_recap(out: str, host: str) -> dict[str, int]:
                        _ANSI.sub("", out), re.M)
     assert found, f"no recap line for {host}"
     return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, found[-1])))
+
+
+# --- waits ------------------------------------------------------------------------------------
+
+def wait_for(what: str, check, timeout: float, every: float = 1.0) -> float:
+    """Polls `check()` every `every` s until true; the seconds it took, or AssertionError after
+    `timeout` s (every wait of the tests is bounded)."""
+    t0 = time.time()
+    while not check():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+    return round(time.time() - t0, 1)

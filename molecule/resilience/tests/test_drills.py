@@ -47,6 +47,7 @@ from bedlib import (
     inventory_vars,
     lab_secrets,
     run_playbook,
+    wait_for,
 )
 
 OUT = LAB_DIR / "drills.jsonl"
@@ -198,15 +199,6 @@ def settle(tag: str, calls: list[dict], expect_lost: int = 0) -> dict:
             f["settle_s"] = round(time.time() - t0, 1)
             return f
         time.sleep(2)
-
-
-def wait_for(what: str, check, timeout: float, every: float = 1.0) -> float:
-    t0 = time.time()
-    while not check():
-        if time.time() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-    return round(time.time() - t0, 1)
 
 
 def gateway_answers() -> bool:
