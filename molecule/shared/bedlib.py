@@ -185,6 +185,17 @@ def run_playbook(playbook: str | Path, *args: str, timeout: float = 900,
     return p.returncode, _ANSI.sub("", p.stdout + p.stderr)
 
 
+def assert_check_mode_changes_nothing() -> None:
+    """`ansible-playbook site.yml --check --diff` on the converged bed, as a user types it:
+    exit 0, and every host of the bed reports changed=0, failed=0, unreachable=0."""
+    rc, out = run_playbook("site.yml", "--check", "--diff")
+    assert rc == 0, f"--check --diff failed:\n{out[-4000:]}"
+    for name in hosts_in("all"):
+        counts = play_recap(out, name)
+        assert counts["failed"] == 0 and counts["unreachable"] == 0, (name, counts)
+        assert counts["changed"] == 0, f"{name}: --check reports {counts['changed']} change(s):\n{out[-4000:]}"
+
+
 def play_recap(out: str, host: str) -> dict[str, int]:
     """The PLAY RECAP counters of one host (the last recap in `out`)."""
     found = re.findall(rf"^{re.escape(host)}\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",

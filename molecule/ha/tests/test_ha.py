@@ -179,6 +179,11 @@ def test_ha_secrets_stay_out_of_journals_and_process_lists():
         assert not leaked, f"{host}: {leaked} in the journal or a process list"
 
 
+def test_check_mode_on_the_converged_cluster_changes_nothing():
+    """The HA tasks read state in check mode, they never guess it."""
+    bedlib.assert_check_mode_changes_nothing()
+
+
 # --- the gateway follows the primary -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
