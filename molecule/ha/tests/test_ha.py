@@ -318,6 +318,26 @@ def test_switchover_under_load_loses_and_duplicates_nothing(loadgen):
     wait_for("the old primary to stream from the new one", lambda: healthy(cluster()), 120, every=2)
 
 
+def test_rolling_restart_of_the_gateways_refuses_and_loses_nothing(loadgen):
+    """playbooks/rolling_restart.yml under 4 calls/s: not one call refused or failed (the
+    socket stays open across the restart), every answered call logged once."""
+    tag = f"ha-rolling-restart-{secrets.token_hex(3)}"
+    c0 = writer_counters()
+    load = start_load(tag, duration=60, count=240)
+    time.sleep(10)
+    t0 = time.time()
+    rc, out = run_playbook("playbooks/rolling_restart.yml", timeout=600)
+    assert rc == 0, out[-3000:]
+    playbook_s = round(time.time() - t0, 1)
+    calls = finish_load(load, limit=60 + 120)
+    node, f = settle(tag, calls)
+    line = record({"drill": "ha-rolling-restart", "tag": tag, **f, "playbook_s": playbook_s,
+                   "slowest_call_s": round(max(c["end"] - c["start"] for c in calls), 1),
+                   "writer": counter_delta(c0, writer_counters())})
+    assert line["refused_or_failed"] == 0, line
+    assert_nothing_lost(line)
+
+
 # --- unplanned faults under load ------------------------------------------------------------------
 
 class LeaderWatch:
