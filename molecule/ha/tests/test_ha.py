@@ -463,3 +463,33 @@ def test_an_etcd_member_lost_changes_nothing(loadgen):
     assert_nothing_lost(line)
     assert line["primary_after"] == line["old_primary"] and line["time_without_primary_s"] == 0, line
     assert line["timeline"][0] == line["timeline"][1], line
+
+
+# --- validation on the cluster --------------------------------------------------------------------
+
+def test_validate_judges_the_card_criteria_on_the_current_primary(tmp_path):
+    """validate.yml with the primary on the second node: the database evidence is read on the
+    primary Patroni chose (not the inventory's first host), cluster_state.json lists the
+    members, roles, timeline and lag; the card's criteria pass. backup_pitr and
+    monitoring_clean cannot pass on this bed (no pgBackRest, no monitoring host): the verdict
+    says so instead of pretending."""
+    if leader(cluster())["name"] == DBS[0]:
+        rc, out = run_playbook("playbooks/switchover.yml", "-e", f"switchover_candidate={DBS[1]}", timeout=300)
+        assert rc == 0, out[-3000:]
+    primary = leader(cluster())["name"]
+    assert primary != DBS[0]
+    rc, out = run_playbook("validate.yml", "-e", f"validate_evidence_dir={tmp_path}",
+                           "-e", "validate_fail_on_failed_criteria=false", timeout=900)
+    assert rc == 0, out[-3000:]
+    run = tmp_path / "latest"
+    summary = json.loads((run / "summary.json").read_text())
+    results = {c["name"]: c["result"] for c in summary["criteria"]}
+    unjudgeable_here = {"backup_pitr", "monitoring_clean"}
+    assert all(results[n] in ("PASS", "INFO") for n in results if n not in unjudgeable_here), results
+    assert all(results[n] == "FAIL" for n in unjudgeable_here), results
+    state = json.loads((run / "cluster_state.json").read_text())
+    assert state["topology"] == "patroni" and state["evidence_read_on"] == primary, state
+    members = {m["Member"]: m for m in state["patroni_members"]}
+    assert members[primary]["Role"] == "Leader" and members[DBS[0]]["State"] == "streaming", state
+    assert [r["sync_state"] for r in state["replication"]] == ["sync"], state
+    print(json.dumps({"ha_validate": results, "cluster_state": state}))

@@ -17,15 +17,17 @@ Ansible shows at high verbosity) and the raw results of the collecting tasks:
    "backup_hosts": [...],
    "monitoring": {"host", "read_at", "gateways": [{"host", "url", "status", "content", "msg"}],
                   "alerts": [{"source": "prometheus" | "alertmanager", "url", "status", "content", "msg"}]} | null,
-   "monitoring_hosts": [...]}
+   "monitoring_hosts": [...],
+   "cluster": {"ha": bool, "primary": host | null,
+               "nodes": [{"host", "is_primary", "patroni_list": cmdres | null, "replication": [...] | null}]}}
 
   cmdres = {"cmd": [...], "rc": int, "stdout": str, "stderr": str}
 
 Writes the run's manifest (run.json: what the verdict judges against) and the files that
 contract.json lists: service_status.txt, gateway_db_connect.log, chat_call.json,
 requests_head.txt, responses_head.txt, join_check.txt (+ the CLI's --json output as *.json,
-which is what verdict.py judges), db_auth_check.json, pgbackrest_info.json (+ .txt), metrics_snapshot.txt and
-config.redacted.yaml. Raw output
+which is what verdict.py judges), db_auth_check.json, pgbackrest_info.json (+ .txt), metrics_snapshot.txt,
+cluster_state.json and config.redacted.yaml. Raw output
 is kept as it came; only secrets are masked (scrub.py).
 """
 from __future__ import annotations
@@ -245,6 +247,36 @@ def metrics_snapshot(mon: dict[str, Any] | None, gateways: list[str], mon_hosts:
     return "\n".join(parts) + "\n"
 
 
+def cluster_state(cluster: dict[str, Any] | None) -> dict[str, Any]:
+    """cluster_state.json: where the database evidence was read (the primary) and, on the HA
+    topology, the cluster as Patroni lists it (members, roles, states, timeline, lag) and the
+    replication the primary serves (sync state, replay lag). Extra evidence: not judged."""
+    cluster = cluster or {}
+    nodes = cluster.get("nodes") or []
+    out: dict[str, Any] = {"topology": "patroni" if cluster.get("ha") else "single server",
+                           "evidence_read_on": cluster.get("primary"),
+                           "servers": {n.get("host"): ("primary" if n.get("is_primary") else "replica")
+                                       for n in nodes}}
+    primary = next((n for n in nodes if n.get("is_primary")), None)
+    if cluster.get("ha"):
+        members, errors = None, []
+        for n in nodes:
+            res = n.get("patroni_list") or {}
+            if res.get("rc") == 0:
+                try:
+                    members = json.loads(res.get("stdout") or "")
+                    break
+                except ValueError as e:
+                    errors.append(f"{n.get('host')}: {e}")
+            else:
+                errors.append(f"{n.get('host')}: rc={res.get('rc')} {str(res.get('stderr') or '')[-300:]}")
+        out["patroni_members"] = members
+        if members is None:
+            out["patroni_errors"] = errors
+        out["replication"] = primary.get("replication") if primary else None
+    return out
+
+
 def render(c: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     hosts = c.get("hosts") or {}
     expected_units = c.get("expected_units") or {}
@@ -259,6 +291,8 @@ def render(c: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     files["pgbackrest_info.json"] = json.dumps(backup_json(c.get("backup"), repo_hosts), indent=2,
                                                sort_keys=True, default=str)
     files["pgbackrest_info.txt"] = backup_text(c.get("backup"), repo_hosts)
+    files["cluster_state.json"] = json.dumps(cluster_state(c.get("cluster")), indent=2, sort_keys=True,
+                                             default=str)
     files["metrics_snapshot.txt"] = metrics_snapshot(c.get("monitoring"), gateways,
                                                      list(c.get("monitoring_hosts") or []))
     cli = c.get("cli") or {}
