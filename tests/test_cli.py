@@ -149,3 +149,19 @@ def test_connect_check_describes_a_new_connection(cluster, migrated):
     c = json.loads(bad.stdout)
     assert bad.returncode == 1 and c["connected"] is False and "password authentication failed" in c["error"]
     assert "not-the-password" not in bad.stdout + bad.stderr
+
+
+def test_migrate_on_a_read_only_server_says_so_without_a_traceback(cluster, migrated):
+    """A migration pointed at a standby (or a demoted primary) alone: a clear message and
+    exit 2, nothing half-done (before: a raw InternalError traceback)."""
+    from conftest import read_only_role
+
+    cluster.create_db("cli_readonly")
+    try:
+        with read_only_role(cluster, OWNER):
+            res = run(cluster.env(OWNER, OWNER_PW, "cli_readonly"), "migrate", check=False)
+        assert res.returncode == 2, res.stderr
+        assert "read-only" in res.stderr and "primary" in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert json.loads(run(cluster.env(OWNER, OWNER_PW, "cli_readonly"), "migrate", "--pending").stdout)["pending"]
+    finally:
+        cluster.drop_db("cli_readonly")

@@ -65,11 +65,21 @@ def _engine(settings: Settings):  # noqa: ANN202
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from .dberrors import is_read_only
     from .schema import migrate, pending
 
     engine = _engine(settings)
     try:
         _dump(pending(engine) if args.pending else migrate(engine, args.grant_to))
+    except Exception as exc:
+        if not is_read_only(exc):
+            raise
+        # refused at its first write, in a transaction that is rolled back: nothing half-done
+        print(f"litellm-pglog migrate: the database at {','.join(settings.db_hosts)} is read-only (a standby, or a "
+              "primary demoted by a switchover): migrations run on the primary. List every node in "
+              "PGLOG_DB_HOST (with target_session_attrs=read-write, the default for several hosts) or "
+              "point it at the primary.", file=sys.stderr)
+        return 2
     finally:
         engine.dispose()
     return 0

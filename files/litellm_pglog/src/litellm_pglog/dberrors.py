@@ -35,6 +35,13 @@ def is_connection_error(exc: BaseException) -> bool:
     return bool(getattr(exc, "connection_invalidated", False))
 
 
+def is_read_only(exc: BaseException) -> bool:
+    """The server refused to write because the session is read-only (a standby, a demoted
+    primary, or default_transaction_read_only)."""
+    return isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction) or isinstance(
+        getattr(exc, "orig", None), psycopg2.errors.ReadOnlySqlTransaction)
+
+
 def short(exc: BaseException) -> str:
     """`ClassName: first line of the message`, at most 300 characters: for log lines."""
     text = str(exc).strip()
