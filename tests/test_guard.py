@@ -146,3 +146,21 @@ def test_inference_bodies_litellm_cannot_serve_are_named(body, reason):
                                   b'{"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}'])
 def test_inference_bodies_it_can_serve_pass(body):
     assert guard.inference_body_problem(body) is None
+
+
+def test_messages_of_the_apis_shape_pass_and_others_are_named():
+    from litellm_pglog.guard import messages_problem
+
+    ok = [[{"role": "system", "content": "be brief"}, {"role": "developer", "content": "x"},
+           {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+           {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                  "function": {"name": "f", "arguments": "{}"}}]},
+           {"role": "tool", "content": "42", "tool_call_id": "c1"}], []]
+    assert [messages_problem(m) for m in ok] == [None, None]
+    bad = {"a dict": {"role": "user", "content": "x"}, "a string": "x",
+           "null developer content": [{"role": "developer", "content": None}],
+           "numeric content": [{"role": "user", "content": 0.0}],
+           "boolean system content": [{"role": "system", "content": True}],
+           "no role": [{"content": "x"}], "a message not an object": ["x"]}
+    problems = {name: messages_problem(m) for name, m in bad.items()}
+    assert all(problems.values()), problems

@@ -284,6 +284,17 @@ UNSERVABLE_BODIES = {
                                           b' "response_format": {"type": "dA*-SZ"}}',
     "response_format not an object": b'{"model": "gpt-stub", "messages": [{"role": "user", "content": "x"}],'
                                      b' "response_format": "json"}',
+    # found by the bed's fuzz pass (2026-12-04): a developer (or system) message whose content
+    # is null, a number or a boolean makes LiteLLM's OpenAI path fail on the message
+    # (KeyError 'content', "APIConnectionError"); LiteLLM answers 500
+    "developer message with null content": b'{"model": "gpt-stub", "messages": [{"role": "developer",'
+                                           b' "content": null}, {"role": "user", "content": "x"}]}',
+    "developer message with a number": b'{"model": "gpt-stub", "messages": [{"role": "developer", "content": 0.0}]}',
+    "system message with a boolean": b'{"model": "gpt-stub", "messages": [{"role": "system", "content": true},'
+                                     b' {"role": "user", "content": "x"}]}',
+    "user message without content": b'{"model": "gpt-stub", "messages": [{"role": "user"}]}',
+    "a message not an object": b'{"model": "gpt-stub", "messages": ["x"]}',
+    "messages not a list": b'{"model": "gpt-stub", "messages": {"role": "user", "content": "x"}}',
 }
 
 

@@ -18,7 +18,8 @@ For every request:
      (bytes.replace/split/translate, itertools.accumulate), never recursive, and yields to the
      event loop on large bodies; LiteLLM's parsers would recurse and stall or fail with a 500;
      on an inference route, a body that is not a JSON object in UTF-8, whose `model` is not
-     printable text or whose `response_format` is not one of the API's (inference_body_problem)
+     printable text, whose `messages` are not the API's shape (messages_problem) or whose
+     `response_format` is not one of the API's (inference_body_problem)
      -> 400: LiteLLM answers those without a row (its 400 for malformed JSON) or with a 500 (a
      model name it cannot echo in a header, a format the provider's SDK refuses);
      a JSON body LiteLLM itself would refuse (litellm_body_problem) -> 400 here, not the 500
@@ -233,12 +234,44 @@ def inference_body_problem(body: bytes) -> str | None:
         # LiteLLM echoes the requested guardrails in a response header (same failure as model)
         if guardrails is not None and not all(_printable(t) for t in _strings(guardrails)):
             return "guardrails must name printable guardrails"
+    if "messages" in data:
+        problem = messages_problem(data["messages"])
+        if problem:
+            return problem
     fmt = data.get("response_format")
     # LiteLLM hands response_format to the provider's SDK, which fails on a malformed one before
     # sending (a string: 500; an unknown type: "Unsupported response_format type", 500, on the
     # bed): the OpenAI API's own answer to these is a 400
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") in RESPONSE_FORMAT_TYPES):
         return f"response_format must be an object whose type is one of {', '.join(RESPONSE_FORMAT_TYPES)}"
+    return None
+
+
+# Roles whose message may have no content (an assistant's tool calls; the legacy function role).
+CONTENT_MAY_BE_NULL = frozenset({"assistant", "function"})
+
+
+def messages_problem(messages: Any) -> str | None:
+    """Why a chat body's `messages` is not the API's shape, or None: a list of objects, each
+    with a string role and a content that is a string or a list of content parts (null only
+    for CONTENT_MAY_BE_NULL). Found by fuzzing (2026-12-04): a developer or system message
+    whose content is null, a number or a boolean makes LiteLLM 1.108.7's OpenAI path fail on
+    the message (KeyError 'content'), and the caller gets a 500; the OpenAI API answers 400."""
+    if not isinstance(messages, list):
+        return "messages must be a list of message objects"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{i}] must be an object"
+        role = message.get("role")
+        if not isinstance(role, str):
+            return f"messages[{i}].role must be a string"
+        content = message.get("content")
+        if content is None:
+            if role in CONTENT_MAY_BE_NULL:
+                continue
+            return f"messages[{i}].content is required for this role"
+        if not isinstance(content, (str, list)):
+            return f"messages[{i}].content must be a string or a list of content parts"
     return None
 
 
