@@ -32,16 +32,29 @@ export PATH=$repo/.venv/bin:\$PATH
 ENV
     ;;
   clean)
-    # Exactly this bed's names: <bed>-db, <bed>-gateway, network <bed>.
-    for c in "$bed-db" "$bed-gateway"; do
-      if podman container exists "$c"; then
-        echo "[bed] removing container $c"
-        podman rm -f -t 5 "$c" >/dev/null
-      fi
+    # This bed's containers: <bed>-<host> (db, gateway; db1, db2 in the HA
+    # bed) and whatever else sits on its network; another bed whose name
+    # merely starts with this one's (<bed>-two-db) is not matched.
+    mapfile -t containers < <(
+      { podman ps -a --format '{{.Names}}' | grep -E "^${bed}-[a-z0-9]+\$" || true
+        podman ps -a --filter "network=$bed" --format '{{.Names}}' 2>/dev/null || true
+      } | sort -u)
+    for c in "${containers[@]}"; do
+      [[ -n $c ]] || continue
+      echo "[bed] removing container $c"
+      # A container caught half-removed by an aborted run ("Removing",
+      # netavark errors) usually goes on a second attempt.
+      for attempt in 1 2 3; do
+        if podman rm -f -t 5 "$c" >/dev/null 2>&1 || ! podman container exists "$c"; then
+          break
+        fi
+        echo "[bed] $c not removed (attempt $attempt), retrying" >&2
+        sleep 2
+      done
     done
     if podman network exists "$bed"; then
       echo "[bed] removing network $bed"
-      podman network rm "$bed" >/dev/null
+      podman network rm -f "$bed" >/dev/null
     fi
     if [[ -d $state_dir ]]; then
       echo "[bed] removing state $state_dir"
