@@ -93,6 +93,19 @@ def wait(what: str, check: Callable[[], bool], timeout: float, every: float = 1.
         time.sleep(every)
 
 
+def wait_no_alert(timeout: float = 240) -> float:
+    """Bounded wait until neither Prometheus nor Alertmanager has an alert firing (earlier
+    tests' faults resolve within the lab's alert timings: `for` <= 30 s, 5 s scrapes and
+    evaluations, 1 min windows); fails naming what still fires."""
+    try:
+        secs = wait("no firing alert", lambda: not prometheus_firing() and not alertmanager_active(), timeout, every=3)
+    except AssertionError:
+        names = sorted({a["labels"]["alertname"] for a in prometheus_firing() + alertmanager_active()})
+        raise AssertionError(f"alerts still firing after {timeout} s on a repaired bed: {names}") from None
+    print(f"no firing alert after {secs} s")
+    return secs
+
+
 def sample_sum(text: str, name: str) -> float:
     """Sum of every sample of metric `name` (all label sets) in an exposition text."""
     total = 0.0

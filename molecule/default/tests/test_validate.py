@@ -19,7 +19,7 @@ import time
 import pytest
 import testinfra
 
-from alerting import alertmanager_active, prometheus_firing, wait
+from alerting import wait_no_alert
 from bedlib import (
     GATEWAY_CONFIG,
     GATEWAY_PORT,
@@ -47,8 +47,6 @@ CRITERIA = {
     "response_rows", "join_integrity", "logging_delay", "pool_reuse", "backup_pitr", "monitoring_clean",
     "no_secrets",
 }
-# Lab alert timings (inventory/lab): `for` <= 30 s, 5 s scrapes and evaluations, 1 min windows.
-ALERTS_CLEAR_S = 240
 CONFIG = GATEWAY_CONFIG
 PG_HBA = f"{PG_CONF_DIR}/pg_hba.conf"
 VENV_PY = GATEWAY_PYTHON
@@ -88,18 +86,6 @@ def run_validate(evidence_dir, *extra):
     run_dir = latest.resolve() if latest.exists() else None
     summary = json.loads((run_dir / "summary.json").read_text()) if run_dir else None
     return Played(rc, out), run_dir, summary, time.monotonic() - t0
-
-
-def wait_no_alert():
-    """Bounded wait until neither Prometheus nor Alertmanager has an alert firing (the earlier
-    tests' faults resolve within the lab's one-minute windows); fails naming what still fires."""
-    try:
-        secs = wait("no firing alert", lambda: not prometheus_firing() and not alertmanager_active(),
-                    ALERTS_CLEAR_S, every=3)
-    except AssertionError:
-        names = sorted({a["labels"]["alertname"] for a in prometheus_firing() + alertmanager_active()})
-        pytest.fail(f"alerts still firing after {ALERTS_CLEAR_S} s on a repaired bed: {names}")
-    print(f"no firing alert after {secs} s")
 
 
 def results(summary):

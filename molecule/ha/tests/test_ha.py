@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import re
 import shlex
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,11 +20,13 @@ from pathlib import Path
 import pytest
 
 import bedlib
+from alerting import mon_host, prometheus, sink_saw, wait_no_alert
 from bedlib import CLIENT_CA, GATEWAY_SCHEME, LAB_DIR, SUBNET, hosts_in, inventory_vars, run_playbook, wait_for
 
 DBS = hosts_in("postgresql")
 GW = hosts_in("litellm_gateway")[0]
 ETCD = hosts_in("etcd")
+MON = mon_host()
 # molecule/ha/molecule.yml gives the containers these addresses
 ADDR = {f"{bedlib.BED}-db1": f"{SUBNET}.19", f"{bedlib.BED}-db2": f"{SUBNET}.20",
         f"{bedlib.BED}-gateway": f"{SUBNET}.18"}
@@ -163,12 +167,14 @@ def test_patroni_api_refuses_changes_without_its_password():
     assert plain.stdout.strip() in ("", "000"), plain.stdout
 
 
-def test_firewall_admits_patroni_and_replication_from_the_nodes_only():
-    """The gateway (an etcd member, not a database node) reaches etcd but not Patroni's API
-    (nor PostgreSQL's replication: pg_hba admits only the nodes anyway)."""
+def test_firewall_admits_patroni_from_the_nodes_and_the_monitoring_host_only():
+    """Patroni's API answers the other node and the monitoring host (Prometheus reads its
+    /metrics); this machine, on the bed network but neither, is dropped."""
     node = DBS[0]
-    assert http(GW, "GET", f"https://{ADDR[node]}:{API_PORT}/patroni")["status"] == 0
     assert http(DBS[1], "GET", f"https://{ADDR[node]}:{API_PORT}/patroni")["status"] == 200
+    assert http(MON, "GET", f"https://{ADDR[node]}:{API_PORT}/metrics")["status"] == 200
+    with pytest.raises(OSError):
+        socket.create_connection((ADDR[node], API_PORT), timeout=3).close()
 
 
 def test_ha_secrets_stay_out_of_journals_and_process_lists():
@@ -182,6 +188,54 @@ def test_ha_secrets_stay_out_of_journals_and_process_lists():
 def test_check_mode_on_the_converged_cluster_changes_nothing():
     """The HA tasks read state in check mode, they never guess it."""
     bedlib.assert_check_mode_changes_nothing()
+
+
+# --- monitoring of the cluster (Prometheus on the gateway host) --------------------------------
+
+def ha_rules() -> list[dict]:
+    groups = prometheus("/api/v1/rules")["data"]["groups"]
+    return [r for g in groups if g["name"] == "pglog-ha" for r in g["rules"]]
+
+
+def test_prometheus_reads_every_metric_the_ha_alerts_use_over_tls():
+    """Job patroni scrapes both nodes over HTTPS (verified against the database CA), and every
+    patroni_* name the HA alerts read is one Patroni really publishes (a misspelt name would
+    leave an alert silent forever; promtool's unit tests cannot see that)."""
+    def patroni_up() -> bool:
+        targets = [t for t in prometheus("/api/v1/targets")["data"]["activeTargets"]
+                   if t["labels"]["job"] == "patroni"]
+        return len(targets) == len(DBS) and all(t["health"] == "up" for t in targets)
+
+    wait_for("both Patroni targets up in Prometheus", patroni_up, 90, every=3)
+    targets = [t for t in prometheus("/api/v1/targets")["data"]["activeTargets"] if t["labels"]["job"] == "patroni"]
+    assert {t["scrapeUrl"].split(":")[0] for t in targets} == {"https"}, targets
+    rules = ha_rules()
+    assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
+    names = {n for r in rules for n in re.findall(r"\b(patroni_[a-z_]+)\b", r["query"])}
+    assert names, rules
+    missing = [n for n in sorted(names)
+               if not prometheus(f"/api/v1/query?query=count({n})")["data"]["result"]]
+    assert missing == [], f"the HA alerts read names Patroni does not publish: {missing}"
+    one = prometheus("/api/v1/query?query=sum(patroni_primary)")["data"]["result"]
+    assert one and float(one[0]["value"][1]) == 1, one
+    assert [r["name"] for r in rules if r["state"] != "inactive"] == []
+
+
+def test_replica_patroni_stopped_fires_patroni_down_then_resolves():
+    """The alert path end to end on the cluster: Patroni stopped on the replica -> PatroniDown
+    for that host reaches the webhook sink; started again -> it rejoins streaming and the
+    alert resolves."""
+    lead = leader(cluster())["name"]
+    host = next(n for n in DBS if n != lead)  # member names are the inventory names
+    since = time.time()
+    sh(host, "systemctl stop patroni", timeout=120)
+    try:
+        fired = wait_for("PatroniDown firing at the sink", lambda: sink_saw("PatroniDown", "firing", since), 120, every=3)
+    finally:
+        sh(host, "systemctl start patroni", timeout=120)
+    wait_for("the replica streaming again", lambda: healthy(cluster()), 180, every=3)
+    resolved = wait_for("PatroniDown resolved at the sink", lambda: sink_saw("PatroniDown", "resolved", since), 180, every=3)
+    print(json.dumps({"ha_alert_patroni_down": {"host": host, "fired_after_s": fired, "resolved_after_s": resolved}}))
 
 
 # --- the gateway follows the primary -----------------------------------------------------------
@@ -469,21 +523,22 @@ def test_an_etcd_member_lost_changes_nothing(loadgen):
 def test_validate_judges_the_card_criteria_on_the_current_primary(tmp_path):
     """validate.yml with the primary on the second node: the database evidence is read on the
     primary Patroni chose (not the inventory's first host), cluster_state.json lists the
-    members, roles, timeline and lag; the card's criteria pass. backup_pitr and
-    monitoring_clean cannot pass on this bed (no pgBackRest, no monitoring host): the verdict
-    says so instead of pretending."""
+    members, roles, timeline and lag; the card's criteria pass, monitoring_clean included once
+    the drills' alerts have resolved. backup_pitr cannot pass on this bed (no pgBackRest): the
+    verdict says so instead of pretending."""
     if leader(cluster())["name"] == DBS[0]:
         rc, out = run_playbook("playbooks/switchover.yml", "-e", f"switchover_candidate={DBS[1]}", timeout=300)
         assert rc == 0, out[-3000:]
     primary = leader(cluster())["name"]
     assert primary != DBS[0]
+    wait_no_alert()
     rc, out = run_playbook("validate.yml", "-e", f"validate_evidence_dir={tmp_path}",
                            "-e", "validate_fail_on_failed_criteria=false", timeout=900)
     assert rc == 0, out[-3000:]
     run = tmp_path / "latest"
     summary = json.loads((run / "summary.json").read_text())
     results = {c["name"]: c["result"] for c in summary["criteria"]}
-    unjudgeable_here = {"backup_pitr", "monitoring_clean"}
+    unjudgeable_here = {"backup_pitr"}
     assert all(results[n] in ("PASS", "INFO") for n in results if n not in unjudgeable_here), results
     assert all(results[n] == "FAIL" for n in unjudgeable_here), results
     state = json.loads((run / "cluster_state.json").read_text())
