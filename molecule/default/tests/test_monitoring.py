@@ -68,8 +68,9 @@ def test_prometheus_scrapes_every_target():
     wait("every scrape target up", all_up, 90, every=3)
     jobs = {t["labels"]["job"] for t in prometheus("/api/v1/targets")["data"]["activeTargets"]}
     assert {"node", "postgres", "pglog_gateway", "prometheus", "alertmanager"} <= jobs
-    # one database host runs no Patroni: its job (min_hosts 2) is left out, not scraped down
-    assert "patroni" not in jobs
+    # one database host runs no Patroni and no etcd: their jobs (patroni: min_hosts 2; etcd: no
+    # such group) are left out, not scraped down
+    assert not {"patroni", "etcd"} & jobs
 
 
 def test_rules_loaded_and_healthy_bed_has_no_firing_alert():
