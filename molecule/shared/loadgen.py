@@ -18,6 +18,11 @@ pace). Each call carries the run tag (`metadata.tags: ["run:<tag>"]`) and a uniq
   wrongkey       a wrong key                                    -> 401
   unknown_model  a model the gateway does not serve             -> 400
 
+Several --url: calls go round-robin over them, as a load balancer in front of several gateways
+would send them. With --failover, a call whose connection cannot be opened (refused, no route,
+connect timeout: the request never left this host, so nothing can be doubled) is sent to the
+next URL instead, once per URL; such a call records `failed_over`.
+
 https URLs are called with the certificate verified (chain and host name) against
 --ca-file (else the system's trust store); there is no switch to skip verification.
 
@@ -77,12 +82,34 @@ def connection(url: urllib.parse.SplitResult, timeout: float, ctx: ssl.SSLContex
     return http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout)
 
 
-def call(i: int, kind: str, args: argparse.Namespace, key: str, url: urllib.parse.SplitResult,
+def open_connection(urls: list[urllib.parse.SplitResult], first: int, failover: bool, timeout: float,
+                    ctx: ssl.SSLContext | None, rec: dict) -> tuple[http.client.HTTPConnection, urllib.parse.SplitResult]:
+    """A connected connection to urls[first], else (failover) to the next ones in turn. Only
+    the TCP/TLS connect is retried: no byte of the request has been sent yet."""
+    tries = len(urls) if failover else 1
+    for k in range(tries):
+        url = urls[(first + k) % len(urls)]
+        conn = connection(url, timeout, ctx)
+        try:
+            conn.connect()
+        except OSError as exc:
+            conn.close()
+            if k == tries - 1:
+                raise
+            rec.setdefault("failed_over", []).append(f"{url.hostname}: {exc.__class__.__name__}")
+            continue
+        return conn, url
+    raise AssertionError("unreachable")
+
+
+def call(i: int, kind: str, args: argparse.Namespace, key: str, urls: list[urllib.parse.SplitResult],
          ctx: ssl.SSLContext | None = None) -> dict:
     data, headers = build(kind, i, args, key)
     rec = {"i": i, "kind": kind, "status": 0, "call_id": None, "start": time.time(), "end": None}
-    conn = connection(url, args.timeout, ctx)
+    conn = None
     try:
+        conn, url = open_connection(urls, i % len(urls), args.failover, args.timeout, ctx, rec)
+        rec["host"] = url.hostname
         conn.request("POST", url.path or "/", body=data, headers=headers)
         resp = conn.getresponse()
         payload = resp.read()
@@ -93,14 +120,18 @@ def call(i: int, kind: str, args: argparse.Namespace, key: str, url: urllib.pars
     except (OSError, http.client.HTTPException) as exc:
         rec["error"] = f"{exc.__class__.__name__}: {exc}"[:200]
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
         rec["end"] = time.time()
     return rec
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", required=True, help="https://<gateway>:4000/v1/chat/completions")
+    p.add_argument("--url", required=True, action="append",
+                   help="https://<gateway>:4000/v1/chat/completions (repeat: round-robin over several)")
+    p.add_argument("--failover", action="store_true",
+                   help="a call that cannot connect goes to the next --url (the request was never sent)")
     p.add_argument("--key-file", required=True, help="file holding the gateway key (sk-...)")
     p.add_argument("--ca-file", help="CA certificate the gateway's certificate chains to (https)")
     p.add_argument("--model", default="stub-small")
@@ -121,14 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"bad --mix/--rate/--count/--duration (unknown kinds: {bad})")
     with open(args.key_file, encoding="utf-8") as fh:
         key = fh.read().strip()
-    url = urllib.parse.urlsplit(args.url)
-    ctx = ssl.create_default_context(cafile=args.ca_file) if url.scheme == "https" else None
+    urls = [urllib.parse.urlsplit(u) for u in args.url]
+    ctx = ssl.create_default_context(cafile=args.ca_file) if any(u.scheme == "https" for u in urls) else None
 
     results: list[dict] = []
     lock = threading.Lock()
 
     def run(i: int) -> None:
-        rec = call(i, kinds[i % len(kinds)], args, key, url, ctx)
+        rec = call(i, kinds[i % len(kinds)], args, key, urls, ctx)
         with lock:
             results.append(rec)
 
@@ -148,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
     summary = {"tag": args.tag, "sent": len(results), "statuses": statuses,
-               "answered": statuses.get("200", 0), "seconds": round(time.time() - t0, 1)}
+               "answered": statuses.get("200", 0), "failed_over": sum(1 for r in results if r.get("failed_over")),
+               "seconds": round(time.time() - t0, 1)}
     json.dump({"summary": summary, "calls": results}, sys.stdout)
     sys.stdout.write("\n")
     return 0

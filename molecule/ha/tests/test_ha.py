@@ -24,12 +24,13 @@ from alerting import mon_host, prometheus, sink_saw, wait_no_alert
 from bedlib import CLIENT_CA, GATEWAY_SCHEME, LAB_DIR, SUBNET, hosts_in, inventory_vars, run_playbook, wait_for
 
 DBS = hosts_in("postgresql")
-GW = hosts_in("litellm_gateway")[0]
+GWS = hosts_in("litellm_gateway")
+GW = GWS[0]  # also etcd's third member and the monitoring host; the load generator runs here
 ETCD = hosts_in("etcd")
 MON = mon_host()
 # molecule/ha/molecule.yml gives the containers these addresses
 ADDR = {f"{bedlib.BED}-db1": f"{SUBNET}.19", f"{bedlib.BED}-db2": f"{SUBNET}.20",
-        f"{bedlib.BED}-gateway": f"{SUBNET}.18"}
+        f"{bedlib.BED}-gateway": f"{SUBNET}.18", f"{bedlib.BED}-gateway2": f"{SUBNET}.21"}
 API_PORT = 8008
 ETCD_METRICS_PORT = 2381
 PATRONI_CA = "/etc/patroni/tls/ca.crt"
@@ -188,7 +189,7 @@ def test_firewall_admits_patroni_from_the_nodes_and_the_monitoring_host_only():
 
 def test_ha_secrets_stay_out_of_journals_and_process_lists():
     values = {name: bedlib.lab_secret(name) for name in bedlib.HA_SECRETS}
-    for host in DBS + [GW]:
+    for host in DBS + GWS:
         text = sh(host, "journalctl --no-pager -q -o cat; ps -eo args", timeout=120).stdout
         leaked = [k for k, v in values.items() if v in text]
         assert not leaked, f"{host}: {leaked} in the journal or a process list"
@@ -277,9 +278,12 @@ def loadgen():
 
 
 def start_load(tag: str, duration: float, count: int, rate: float = 4) -> subprocess.Popen:
+    """Calls round-robin over every gateway, a call that cannot connect going to the next one
+    (what a load balancer in front of the gateways does)."""
     gw = inventory_vars(GW)
-    url = f"{GATEWAY_SCHEME}://{ADDR[GW]}:{gw.get('litellm_gateway_port', 4000)}/v1/chat/completions"
-    args = ["--url", url, "--key-file", KEY_FILE, "--ca-file", CLIENT_CA, "--model",
+    urls = [a for g in GWS for a in
+            ("--url", f"{GATEWAY_SCHEME}://{ADDR[g]}:{gw.get('litellm_gateway_port', 4000)}/v1/chat/completions")]
+    args = [*urls, "--failover", "--key-file", KEY_FILE, "--ca-file", CLIENT_CA, "--model",
             gw["litellm_gateway_models"][0]["name"], "--tag", tag, "--rate", str(rate),
             "--duration", str(duration), "--count", str(count), "--timeout", "30"]
     return subprocess.Popen(["podman", "exec", GW, "python3", LOADGEN, *args],
@@ -302,6 +306,9 @@ def figures(node: str, tag: str, calls: list[dict]) -> dict:
     answered = {c["call_id"] for c in calls if c["status"] == 200 and c["call_id"]}
     request_rows = sum(len(v) for v in by_call.values())
     return {"answered": len(answered), "refused_or_failed": sum(1 for c in calls if c["status"] != 200),
+            "failed_over": sum(1 for c in calls if c.get("failed_over")),
+            "answered_by": {h: sum(1 for c in calls if c["status"] == 200 and c.get("host") == h)
+                            for h in sorted({c.get("host") for c in calls if c.get("host")})},
             "request_rows": request_rows, "response_rows": sum(sum(v) for v in by_call.values()),
             "lost": len(answered - set(by_call)),
             "duplicated": (request_rows - len(by_call)) + sum(n - 1 for v in by_call.values() for n in v if n > 1),
@@ -325,15 +332,17 @@ def settle(tag: str, calls: list[dict]) -> tuple[str, dict]:
 
 
 def writer_counters() -> dict:
-    """The gateway writer's counters (spooled, replayed, failed, dropped, ...) summed over its
-    stats files, from `litellm-pglog status --json` with the gateway's environment."""
-    p = sh(GW, f"set -a; . {bedlib.GATEWAY_ENV_FILE}; set +a; {bedlib.PGLOG_CLI} status --json", timeout=60)
-    doc = json.loads(p.stdout.strip().splitlines()[-1])
-    total: dict[str, int] = {"rejected_records": int(doc.get("rejected_records", 0))}
-    for snap in doc["stats"].values():
-        for k, v in snap.get("counters", {}).items():
-            if isinstance(v, int):
-                total[k] = total.get(k, 0) + v
+    """The gateways' writer counters (spooled, replayed, failed, dropped, ...) summed over
+    their stats files, from `litellm-pglog status --json` with each gateway's environment."""
+    total: dict[str, int] = {}
+    for g in GWS:
+        p = sh(g, f"set -a; . {bedlib.GATEWAY_ENV_FILE}; set +a; {bedlib.PGLOG_CLI} status --json", timeout=60)
+        doc = json.loads(p.stdout.strip().splitlines()[-1])
+        total["rejected_records"] = total.get("rejected_records", 0) + int(doc.get("rejected_records", 0))
+        for snap in doc["stats"].values():
+            for k, v in snap.get("counters", {}).items():
+                if isinstance(v, int):
+                    total[k] = total.get(k, 0) + v
     return total
 
 
@@ -379,6 +388,7 @@ def test_calls_are_logged_on_the_primary_and_replicated(loadgen):
     calls = finish_load(start_load(tag, duration=10, count=5, rate=2), limit=120)
     node, f = settle(tag, calls)
     assert f["answered"] == 5 and f["lost"] == 0 and f["duplicated"] == 0, f
+    assert len(f["answered_by"]) == len(GWS), f  # round-robin: each gateway answered and logged
     replica = next(n for n in DBS if n != node)
     wait_for("the rows on the replica",
              lambda: figures(replica, tag, calls)["request_rows"] == f["request_rows"], 30)
@@ -544,6 +554,40 @@ def test_an_etcd_member_lost_changes_nothing(loadgen):
     assert sink_saw("EtcdMemberDown", "firing", since), "EtcdMemberDown never fired during the etcd drill"
     assert line["primary_after"] == line["old_primary"] and line["time_without_primary_s"] == 0, line
     assert line["timeline"][0] == line["timeline"][1], line
+
+
+def gateway_answers(host: str) -> bool:
+    url = f"{GATEWAY_SCHEME}://{ADDR[host]}:{inventory_vars(GW).get('litellm_gateway_port', 4000)}/health/liveliness"
+    got = sh(GW, f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --cacert {CLIENT_CA} {url}", check=False).stdout
+    return got == "200"
+
+
+def test_a_gateway_stopped_under_load_loses_nothing(loadgen):
+    """The second gateway's host stopped (container stop: systemd stops its services, the
+    writer drains what it holds) in the middle of 4 calls/s spread over both gateways: the
+    load goes on through the first (connect failures fail over), the stopped one comes back
+    by itself when its host starts, GatewayDown reaches the sink, and every answered call,
+    on either gateway, is logged exactly once."""
+    victim = GWS[1]
+    assert gateway_answers(victim)
+    tag = f"ha-gateway-stopped-{secrets.token_hex(3)}"
+    load = start_load(tag, duration=60, count=240)
+    time.sleep(15)
+    since = t_stop = time.time()
+    subprocess.run(["podman", "stop", "-t", "60", victim], check=True, timeout=120)
+    stop_s = round(time.time() - t_stop, 1)
+    calls = finish_load(load, limit=60 + 120)
+    subprocess.run(["podman", "start", victim], check=True, timeout=120)
+    back_s = wait_for("the stopped gateway answering again", lambda: gateway_answers(victim), 180, every=2)
+    node, f = settle(tag, calls)
+    alerted = sink_saw("GatewayDown", "firing", since)
+    line = record({"drill": "ha-gateway-stopped", "tag": tag, **f, "gateway_stopped": victim,
+                   "container_stop_s": stop_s, "answering_after_start_s": back_s,
+                   "longest_gap_in_logged_calls_s": logging_gap(node, tag), "gateway_down_alerted": alerted})
+    assert f["lost"] == 0 and f["duplicated"] == 0 and f["orphans"] == 0, line
+    assert f["failed_over"] > 0 and len(f["answered_by"]) == len(GWS), line
+    assert f["answered"] > 200, line  # of 240: only calls caught inside the stopping gateway fail
+    assert alerted, line
 
 
 # --- validation on the cluster --------------------------------------------------------------------

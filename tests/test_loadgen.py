@@ -1,0 +1,75 @@
+"""The drills' load generator (molecule/shared/loadgen.py) spreading calls over several gateways:
+round-robin, and with --failover a call that cannot connect goes to the next gateway. Real
+sockets: a local HTTP server and a port nothing listens on."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import sys
+import threading
+from contextlib import redirect_stdout
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "shared"))
+import loadgen  # noqa: E402
+
+
+class Answer(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("x-litellm-call-id", f"id-{threading.get_ident()}-{id(self)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1/chat/completions"
+    srv.shutdown()
+
+
+@pytest.fixture
+def closed_port_url():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: connect is refused
+    return f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+def run(tmp_path, *args: str) -> dict:
+    key = tmp_path / "key"
+    key.write_text("sk-test")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        rc = loadgen.main(["--key-file", str(key), "--tag", "t1", "--rate", "50", "--count", "10",
+                           "--duration", "10", "--timeout", "5", *args])
+    assert rc == 0
+    return json.loads(out.getvalue())
+
+
+def test_failover_sends_a_call_that_cannot_connect_to_the_next_gateway(tmp_path, server, closed_port_url):
+    doc = run(tmp_path, "--url", closed_port_url, "--url", server, "--failover")
+    assert doc["summary"]["answered"] == 10, doc["summary"]
+    # round-robin: the even calls were meant for the closed port, and went on
+    moved = [c["i"] for c in doc["calls"] if c.get("failed_over")]
+    assert moved == [0, 2, 4, 6, 8] and doc["summary"]["failed_over"] == 5
+
+
+def test_without_failover_those_calls_fail_and_are_counted(tmp_path, server, closed_port_url):
+    doc = run(tmp_path, "--url", closed_port_url, "--url", server)
+    assert doc["summary"]["answered"] == 5 and doc["summary"]["statuses"]["0"] == 5, doc["summary"]
+    assert all("ConnectionRefused" in c["error"] for c in doc["calls"] if c["status"] == 0)
