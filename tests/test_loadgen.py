@@ -73,3 +73,31 @@ def test_without_failover_those_calls_fail_and_are_counted(tmp_path, server, clo
     doc = run(tmp_path, "--url", closed_port_url, "--url", server)
     assert doc["summary"]["answered"] == 5 and doc["summary"]["statuses"]["0"] == 5, doc["summary"]
     assert all("ConnectionRefused" in c["error"] for c in doc["calls"] if c["status"] == 0)
+
+
+@pytest.fixture
+def unanswered_url():
+    """A port whose SYNs go unanswered: a listener with a full backlog that never accepts
+    (Linux drops the SYN), like a host that vanished from the network."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue (its length is backlog + 1)
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(lst.getsockname())
+        fillers.append(c)
+    yield f"http://127.0.0.1:{lst.getsockname()[1]}/v1/chat/completions"
+    for c in fillers:
+        c.close()
+    lst.close()
+
+
+def test_a_connect_that_hangs_fails_over_within_the_connect_timeout(tmp_path, server, unanswered_url):
+    doc = run(tmp_path, "--url", unanswered_url, "--url", server, "--failover", "--connect-timeout", "0.5")
+    assert doc["summary"]["answered"] == 10, doc["summary"]
+    moved = [c for c in doc["calls"] if c.get("failed_over")]
+    assert len(moved) == 5 and all("timeout" in c["failed_over"][0].lower() for c in moved), moved
+    # bounded by the connect timeout, not the call's (5 s here)
+    assert all(0.4 < c["end"] - c["start"] < 3 for c in moved), [c["end"] - c["start"] for c in moved]

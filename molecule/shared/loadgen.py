@@ -21,7 +21,10 @@ pace). Each call carries the run tag (`metadata.tags: ["run:<tag>"]`) and a uniq
 Several --url: calls go round-robin over them, as a load balancer in front of several gateways
 would send them. With --failover, a call whose connection cannot be opened (refused, no route,
 connect timeout: the request never left this host, so nothing can be doubled) is sent to the
-next URL instead, once per URL; such a call records `failed_over`.
+next URL instead, once per URL; such a call records `failed_over`. The connect (TCP and TLS)
+has a bound of its own, --connect-timeout (2 s), as a load balancer's: a host that vanished
+answers no SYN, and waiting the whole --timeout for it would tie up the pool's threads
+until calls to the healthy gateway queue behind them.
 
 https URLs are called with the certificate verified (chain and host name) against
 --ca-file (else the system's trust store); there is no switch to skip verification.
@@ -82,14 +85,15 @@ def connection(url: urllib.parse.SplitResult, timeout: float, ctx: ssl.SSLContex
     return http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout)
 
 
-def open_connection(urls: list[urllib.parse.SplitResult], first: int, failover: bool, timeout: float,
+def open_connection(urls: list[urllib.parse.SplitResult], first: int, args: argparse.Namespace,
                     ctx: ssl.SSLContext | None, rec: dict) -> tuple[http.client.HTTPConnection, urllib.parse.SplitResult]:
     """A connected connection to urls[first], else (failover) to the next ones in turn. Only
-    the TCP/TLS connect is retried: no byte of the request has been sent yet."""
-    tries = len(urls) if failover else 1
+    the TCP/TLS connect is retried: no byte of the request has been sent yet. The connect is
+    bounded by --connect-timeout, the call after it by --timeout."""
+    tries = len(urls) if args.failover else 1
     for k in range(tries):
         url = urls[(first + k) % len(urls)]
-        conn = connection(url, timeout, ctx)
+        conn = connection(url, args.connect_timeout, ctx)
         try:
             conn.connect()
         except OSError as exc:
@@ -98,6 +102,7 @@ def open_connection(urls: list[urllib.parse.SplitResult], first: int, failover: 
                 raise
             rec.setdefault("failed_over", []).append(f"{url.hostname}: {exc.__class__.__name__}")
             continue
+        conn.sock.settimeout(args.timeout)
         return conn, url
     raise AssertionError("unreachable")
 
@@ -108,7 +113,7 @@ def call(i: int, kind: str, args: argparse.Namespace, key: str, urls: list[urlli
     rec = {"i": i, "kind": kind, "status": 0, "call_id": None, "start": time.time(), "end": None}
     conn = None
     try:
-        conn, url = open_connection(urls, i % len(urls), args.failover, args.timeout, ctx, rec)
+        conn, url = open_connection(urls, i % len(urls), args, ctx, rec)
         rec["host"] = url.hostname
         conn.request("POST", url.path or "/", body=data, headers=headers)
         resp = conn.getresponse()
@@ -140,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=30.0, help="stop after this many seconds")
     p.add_argument("--count", type=int, default=1000, help="stop after this many calls")
     p.add_argument("--timeout", type=float, default=30.0, help="per call, seconds")
+    p.add_argument("--connect-timeout", type=float, default=2.0, help="TCP + TLS connect, seconds")
     p.add_argument("--mix", default="ok", help="comma-separated kinds, cycled: " + ",".join(KINDS))
     p.add_argument("--prompt-bytes", type=int, default=0, help="pad every prompt to this size")
     # under the gateway's body limit (litellm_gateway_max_body_bytes, 1 MiB) with the JSON around it

@@ -34,6 +34,7 @@ ADDR = {f"{bedlib.BED}-db1": f"{SUBNET}.19", f"{bedlib.BED}-db2": f"{SUBNET}.20"
 API_PORT = 8008
 ETCD_METRICS_PORT = 2381
 PATRONI_CA = "/etc/patroni/tls/ca.crt"
+PROMETHEUS_CA = "/etc/prometheus/pglog-ca.crt"  # roles/monitoring vars: monitoring__ca_file
 ETCD_TLS = "/etc/etcd/tls"
 LOADGEN = "/usr/local/lib/pglog-drill/loadgen.py"
 KEY_FILE = "/root/.pglog-drill-key"
@@ -175,7 +176,10 @@ def test_firewall_admits_patroni_from_the_nodes_and_the_monitoring_host_only():
     but neither, is dropped at both."""
     node = DBS[0]
     assert http(DBS[1], "GET", f"https://{ADDR[node]}:{API_PORT}/patroni")["status"] == 200
-    assert http(MON, "GET", f"https://{ADDR[node]}:{API_PORT}/metrics")["status"] == 200
+    # from the monitoring host, with the CA Prometheus verifies Patroni against
+    got = sh(MON, f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --cacert {PROMETHEUS_CA} "
+                  f"https://{ADDR[node]}:{API_PORT}/metrics", check=False).stdout
+    assert got == "200", got
     with pytest.raises(OSError):
         socket.create_connection((ADDR[node], API_PORT), timeout=3).close()
     # etcd's plain metrics listener: the monitoring host only, on every member
