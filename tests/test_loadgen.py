@@ -101,3 +101,36 @@ def test_a_connect_that_hangs_fails_over_within_the_connect_timeout(tmp_path, se
     assert len(moved) == 5 and all("timeout" in c["failed_over"][0].lower() for c in moved), moved
     # bounded by the connect timeout, not the call's (5 s here)
     assert all(0.4 < c["end"] - c["start"] < 3 for c in moved), [c["end"] - c["start"] for c in moved]
+
+
+@pytest.fixture
+def late_server():
+    """Accepts TCP at once (the kernel does) but reads and answers only after 1.5 s, like a
+    gateway restarting behind its systemd socket."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(16)
+
+    def serve() -> None:
+        import time
+        time.sleep(1.5)
+        while True:
+            try:
+                conn, _ = lst.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nx-litellm-call-id: late\r\nContent-Length: 2\r\n\r\n{}")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{lst.getsockname()[1]}/v1/chat/completions"
+    lst.close()
+
+
+def test_a_gateway_that_accepts_but_answers_late_is_waited_for_not_failed_over(tmp_path, server, late_server):
+    doc = run(tmp_path, "--url", late_server, "--url", server, "--failover", "--connect-timeout", "0.5")
+    assert doc["summary"]["answered"] == 10 and doc["summary"]["failed_over"] == 0, doc["summary"]
+    assert {c["host"] for c in doc["calls"]} == {"127.0.0.1"}
+    slow = [c["end"] - c["start"] for c in doc["calls"] if c["i"] % 2 == 0]
+    assert max(slow) > 1.0, slow  # they waited for the late answer

@@ -21,10 +21,12 @@ pace). Each call carries the run tag (`metadata.tags: ["run:<tag>"]`) and a uniq
 Several --url: calls go round-robin over them, as a load balancer in front of several gateways
 would send them. With --failover, a call whose connection cannot be opened (refused, no route,
 connect timeout: the request never left this host, so nothing can be doubled) is sent to the
-next URL instead, once per URL; such a call records `failed_over`. The connect (TCP and TLS)
-has a bound of its own, --connect-timeout (2 s), as a load balancer's: a host that vanished
-answers no SYN, and waiting the whole --timeout for it would tie up the pool's threads
-until calls to the healthy gateway queue behind them.
+next URL instead, once per URL; such a call records `failed_over`. The TCP connect has a
+bound of its own, --connect-timeout (2 s), as a load balancer's: a host that vanished answers
+no SYN, and waiting the whole --timeout for it would tie up the pool's threads until calls to
+the healthy gateway queue behind them. The TLS handshake is bounded by --timeout: a gateway
+restarting behind its systemd socket accepts the connection at once and answers the
+handshake only when the server is up (~12 s); that call waits, as a caller would.
 
 https URLs are called with the certificate verified (chain and host name) against
 --ca-file (else the system's trust store); there is no switch to skip verification.
@@ -40,6 +42,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -79,31 +82,37 @@ def build(kind: str, i: int, args: argparse.Namespace, key: str) -> tuple[bytes,
     return data, headers
 
 
-def connection(url: urllib.parse.SplitResult, timeout: float, ctx: ssl.SSLContext | None) -> http.client.HTTPConnection:
-    if url.scheme == "https":
-        return http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=timeout, context=ctx)
-    return http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout)
+def connect(url: urllib.parse.SplitResult, args: argparse.Namespace, ctx: ssl.SSLContext | None) -> http.client.HTTPConnection:
+    """TCP connect within --connect-timeout, then everything else (TLS handshake included)
+    within --timeout."""
+    https = url.scheme == "https"
+    port = url.port or (443 if https else 80)
+    sock = socket.create_connection((url.hostname, port), timeout=args.connect_timeout)
+    sock.settimeout(args.timeout)
+    try:
+        if https:
+            sock = (ctx or ssl.create_default_context()).wrap_socket(sock, server_hostname=url.hostname)
+    except BaseException:
+        sock.close()
+        raise
+    conn = http.client.HTTPConnection(url.hostname, port, timeout=args.timeout)
+    conn.sock = sock  # already connected: http.client sends on it as it is
+    return conn
 
 
 def open_connection(urls: list[urllib.parse.SplitResult], first: int, args: argparse.Namespace,
                     ctx: ssl.SSLContext | None, rec: dict) -> tuple[http.client.HTTPConnection, urllib.parse.SplitResult]:
     """A connected connection to urls[first], else (failover) to the next ones in turn. Only
-    the TCP/TLS connect is retried: no byte of the request has been sent yet. The connect is
-    bounded by --connect-timeout, the call after it by --timeout."""
+    the connect (TCP, then TLS) is retried: no byte of the request has been sent yet."""
     tries = len(urls) if args.failover else 1
     for k in range(tries):
         url = urls[(first + k) % len(urls)]
-        conn = connection(url, args.connect_timeout, ctx)
         try:
-            conn.connect()
+            return connect(url, args, ctx), url
         except OSError as exc:
-            conn.close()
             if k == tries - 1:
                 raise
             rec.setdefault("failed_over", []).append(f"{url.hostname}: {exc.__class__.__name__}")
-            continue
-        conn.sock.settimeout(args.timeout)
-        return conn, url
     raise AssertionError("unreachable")
 
 
