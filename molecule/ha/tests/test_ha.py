@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import re
+import secrets
 import shlex
 import socket
 import subprocess
@@ -244,7 +244,7 @@ def test_prometheus_reads_every_metric_the_ha_alerts_use():
     assert names, rules
     missing = [n for n in sorted(names)
                if not prometheus(f"/api/v1/query?query=count({n})")["data"]["result"]]
-    assert missing == [], f"the HA alerts read names Patroni does not publish: {missing}"
+    assert missing == [], f"the HA alerts read names Patroni and etcd do not publish: {missing}"
     one = prometheus("/api/v1/query?query=sum(patroni_primary)")["data"]["result"]
     assert one and float(one[0]["value"][1]) == 1, one
     assert [r["name"] for r in rules if r["state"] != "inactive"] == []
