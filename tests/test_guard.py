@@ -164,3 +164,14 @@ def test_messages_of_the_apis_shape_pass_and_others_are_named():
            "no role": [{"content": "x"}], "a message not an object": ["x"]}
     problems = {name: messages_problem(m) for name, m in bad.items()}
     assert all(problems.values()), problems
+
+
+def test_user_content_parts_litellm_does_not_know_are_named():
+    """With LiteLLM loaded (as in the gateway), its own check of user content parts is asked."""
+    import litellm.utils  # noqa: F401  (the gateway process has it loaded)
+    from litellm_pglog.guard import messages_problem
+
+    assert messages_problem([{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                          {"type": "image_url", "image_url": {"url": "x"}}]}]) is None
+    for parts in ([{"text": "x"}], [{"type": "tool_use", "id": "t1"}], [{"type": None}]):
+        assert "Invalid user message at index 0" in (messages_problem([{"role": "user", "content": parts}]) or ""), parts

@@ -293,6 +293,13 @@ UNSERVABLE_BODIES = {
     "system message with a boolean": b'{"model": "gpt-stub", "messages": [{"role": "system", "content": true},'
                                      b' {"role": "user", "content": "x"}]}',
     "user message without content": b'{"model": "gpt-stub", "messages": [{"role": "user"}]}',
+    # found by the bed's fuzz pass (2026-12-04, second run): a user content part whose type
+    # LiteLLM does not know (none, or Anthropic's) fails its own check with a bare Exception,
+    # mapped to APIConnectionError; LiteLLM answers 500
+    "user content part without a type": b'{"model": "gpt-stub", "messages": [{"role": "user",'
+                                        b' "content": [{"text": "x"}]}]}',
+    "user content part of an unknown type": b'{"model": "gpt-stub", "messages": [{"role": "user",'
+                                            b' "content": [{"type": "tool_use", "id": "t1"}]}]}',
     "a message not an object": b'{"model": "gpt-stub", "messages": ["x"]}',
     "messages not a list": b'{"model": "gpt-stub", "messages": {"role": "user", "content": "x"}}',
 }

@@ -272,6 +272,23 @@ def messages_problem(messages: Any) -> str | None:
             return f"messages[{i}].content is required for this role"
         if not isinstance(content, (str, list)):
             return f"messages[{i}].content must be a string or a list of content parts"
+    return litellm_messages_problem(messages)
+
+
+def litellm_messages_problem(messages: list) -> str | None:
+    """LiteLLM's own check of the user messages' content parts, asked first: a part whose type
+    it does not know (none at all, or Anthropic's `tool_use`) fails its
+    validate_chat_completion_user_messages with a bare Exception, which LiteLLM then maps to
+    APIConnectionError, and the caller gets a 500 (found by fuzzing, 2026-12-04). Its own
+    function, not a copy of its list of types, so the rule is the installed version's."""
+    utils = sys.modules.get("litellm.utils")
+    validate = getattr(utils, "validate_chat_completion_user_messages", None)
+    if validate is None:
+        return None  # LiteLLM not loaded (the package's own tests): the shape check above stands
+    try:
+        validate(messages=messages)
+    except Exception as exc:  # LiteLLM raises a bare Exception for a bad part
+        return str(exc)[:300]
     return None
 
 
