@@ -506,6 +506,15 @@ def fault_drill(name: str, fault, repair, duration: float = 90) -> dict:
                    "cluster_healthy_after_repair_s": rejoin_s, "writer": counter_delta(c0, writer_counters())})
 
 
+def kill_host(node: str) -> None:
+    """The node's container killed (SIGKILL, like a power cut)."""
+    subprocess.run(["podman", "kill", "--signal", "KILL", node], check=True, timeout=60)
+
+
+def start_host(node: str) -> None:
+    subprocess.run(["podman", "start", node], check=True, timeout=120)
+
+
 def assert_nothing_lost(line: dict) -> None:
     assert line["lost"] == 0 and line["duplicated"] == 0 and line["orphans"] == 0, line
     assert not any(line["writer"].get(k, 0) for k in ("failed", "rejected_records", "dropped")), line
@@ -527,13 +536,7 @@ def test_primary_host_killed_fails_over_and_loses_nothing(loadgen):
     """The primary's container killed (SIGKILL, like a power cut): the synchronous replica is
     promoted once the leader lock expires; the old primary, started again, rejoins as a
     replica (pg_rewind). synchronous_mode: every call answered before the cut is logged."""
-    def fault(node: str) -> None:
-        subprocess.run(["podman", "kill", "--signal", "KILL", node], check=True, timeout=60)
-
-    def repair(node: str) -> None:
-        subprocess.run(["podman", "start", node], check=True, timeout=120)
-
-    line = fault_drill("host-killed", fault, repair)
+    line = fault_drill("host-killed", kill_host, start_host)
     assert_nothing_lost(line)
     assert line["primary_after"] != line["old_primary"], line
     assert line["timeline"][1] == line["timeline"][0] + 1, line
@@ -554,12 +557,6 @@ def test_primary_host_killed_without_synchronous_mode(loadgen):
     role, which PATCHes Patroni's configuration): what an unplanned failover may lose without
     it. The bound: a replica more than maximum_lag_on_failover (1 MiB of WAL) behind is never
     promoted, so at most the calls whose rows were in that WAL. Restored to the default after."""
-    def fault(node: str) -> None:
-        subprocess.run(["podman", "kill", "--signal", "KILL", node], check=True, timeout=60)
-
-    def repair(node: str) -> None:
-        subprocess.run(["podman", "start", node], check=True, timeout=120)
-
     def set_sync(on: bool) -> None:
         rc, out = run_playbook("playbooks/postgresql.yml", "-e", json.dumps({"postgresql_patroni_synchronous_mode": on}),
                                timeout=900)
@@ -569,7 +566,7 @@ def test_primary_host_killed_without_synchronous_mode(loadgen):
 
     set_sync(False)
     try:
-        line = fault_drill("host-killed-async", fault, repair)
+        line = fault_drill("host-killed-async", kill_host, start_host)
     finally:
         set_sync(True)
     assert line["duplicated"] == 0 and line["orphans"] == 0, line
