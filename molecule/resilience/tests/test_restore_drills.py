@@ -11,15 +11,8 @@ generator and helpers, and print ONE JSON line each (also appended to $PGLOG_LAB
                 name and address, `playbooks/restore.yml` into place (latest); every row committed
                 more than archive_timeout before the loss is back; the gap is measured.
 
-Why "committed at or before T", not "created_at <= T" (the exact criterion): recovery to a time
-replays every transaction whose COMMIT is at or before T and nothing else. The logger writes
-batches (flush interval, retries, spool replay), and created_at is the event's own time
-(request start), so a row created before T may commit after T: it is rightly absent from the
-restore. The drill compares the live rows whose transaction committed at or before T
-(pg_xact_commit_timestamp(xmin), track_commit_timestamp = on; NULL = committed before the setting
-existed, i.e. long before T) with ALL rows of the restore, and reports how many live rows were
-created before T but committed after it (`straddling`). The rows with created_at <= T of the
-restore are then those of the live rows committed by T, which is also checked.
+What "the rows of T" means, and the comparison itself: molecule/shared/pitrcheck.py (shared with
+the Patroni cluster's drill in molecule/ha).
 """
 
 from __future__ import annotations
@@ -36,6 +29,7 @@ import pytest
 import yaml
 
 import bedlib
+import pitrcheck
 from bedlib import ADDRESSES, BED, LAB_DIR, PG_UNIT, hosts_in, inventory_vars, lab_secrets, run_playbook
 from test_drills import KEY_FILE, LOADGEN, STOP_FILE, Load, port, run_tag, settle, sh, wait_for
 
@@ -54,11 +48,6 @@ RATE = float(os.environ.get("PGLOG_DRILL_RATE", "4"))
 # restore): ~8-10 min on this 2-core machine, over the share of `make test` the backup
 # tier has (+5 min). It runs on request: PGLOG_DRILL_HOST_LOST=1 molecule verify -s resilience.
 HOST_LOST = os.environ.get("PGLOG_DRILL_HOST_LOST", "") == "1"
-
-IDS = ("SELECT count(*), md5(coalesce(string_agg(id::text, ',' ORDER BY id), ''))"
-       " FROM {table} WHERE {where}")
-COMMITTED_BY = "coalesce(pg_xact_commit_timestamp(xmin), '-infinity') <= {t}"
-
 
 def q(sql: str, port_: int = 5432, db: str = DB_NAME, container: str = DB, timeout: float = 120) -> list[list[str]]:
     p = sh(container, f"runuser -u postgres -- psql -p {port_} -d {shlex.quote(db)} -XAt -F '|'"
@@ -134,33 +123,7 @@ def test_drill8_pitr_to_a_time_into_a_scratch_cluster():
         load.stop()
     summary, _calls = load.wait()
     try:
-        t = f"'{T}'::timestamptz"
-        live, restored = {}, {}
-        for table in ("requests", "responses"):
-            live[table] = q(IDS.format(table=table, where=COMMITTED_BY.format(t=t)))[0]
-            restored[table] = q(IDS.format(table=table, where="true"), port_=SCRATCH_PORT)[0]
-        created = {table: (q(IDS.format(table=table, where=f"created_at <= {t} AND " + COMMITTED_BY.format(t=t)))[0],
-                           q(IDS.format(table=table, where=f"created_at <= {t}"), port_=SCRATCH_PORT)[0])
-                   for table in ("requests", "responses")}
-        straddling = int(q(f"SELECT count(*) FROM requests WHERE created_at <= {t} AND NOT "
-                           + COMMITTED_BY.format(t=t))[0][0])
-        later = int(q(f"SELECT count(*) FROM requests WHERE NOT {COMMITTED_BY.format(t=t)}")[0][0])
-        run_rows = int(q("SELECT count(*) FROM requests WHERE tags @> jsonb_build_array("
-                         f"'run:{tag}')", port_=SCRATCH_PORT)[0][0])
-        # Orphans the restore made: pairs whole on the live cluster, split in the copy. An
-        # orphan the live cluster has too was there before T (the default scenario's
-        # validate test deletes one response row on purpose) and is reported apart.
-        split, preexisting = 0, 0
-        for table, other, key, other_key in (("requests", "responses", "id", "request_id"),
-                                             ("responses", "requests", "request_id", "id")):
-            ids = [r[0] for r in q(f"SELECT a.{key} FROM {table} a WHERE NOT EXISTS (SELECT 1 FROM {other} b"
-                                   f" WHERE b.{other_key} = a.{key})", port_=SCRATCH_PORT) if r and r[0]]
-            if ids:
-                also_live = int(q(f"SELECT count(*) FROM {table} a WHERE a.{key} = ANY(ARRAY[{','.join(ids)}]::bigint[])"
-                                  f" AND NOT EXISTS (SELECT 1 FROM {other} b WHERE b.{other_key} = a.{key})")[0][0])
-                preexisting += also_live
-                split += len(ids) - also_live
-        orphans = split
+        figs = pitrcheck.compare_to_time(q, lambda sql: q(sql, port_=SCRATCH_PORT), T, tag)
         scratch_settings = dict(q("SELECT name, setting FROM pg_settings WHERE name IN"
                                   " ('archive_mode', 'listen_addresses')", port_=SCRATCH_PORT, db="postgres"))
         size_mb = int(sh(DB, f"du -sm /var/lib/postgresql/{PG_VERSION}/{SCRATCH} | cut -f1").stdout.strip() or 0)
@@ -169,21 +132,8 @@ def test_drill8_pitr_to_a_time_into_a_scratch_cluster():
         sh(DB, f"pg_dropcluster {PG_VERSION} {SCRATCH} --stop", timeout=120, check=False)
     line = record(8, "pitr", tag=tag, T=T, sent=summary["sent"], answered=summary["answered"],
                   wait_archive_s=wait_s, restore_playbook_s=t_restore, restored_mb=size_mb,
-                  last_replayed_commit=replayed_to,
-                  requests_committed_le_T={"live": live["requests"], "restored": restored["requests"]},
-                  responses_committed_le_T={"live": live["responses"], "restored": restored["responses"]},
-                  requests_created_le_T_equal=created["requests"][0] == created["requests"][1],
-                  responses_created_le_T_equal=created["responses"][0] == created["responses"][1],
-                  requests_created_le_T=int(created["requests"][1][0]), straddling=straddling,
-                  live_rows_committed_after_T=later, run_rows_restored=run_rows, orphans=orphans,
-                  orphans_also_on_the_live_cluster=preexisting, scratch_settings=scratch_settings)
-    for table in ("requests", "responses"):
-        assert live[table] == restored[table], (
-            f"drill 8: {table} committed <= T on the live cluster {live[table]} != restored {restored[table]}")
-        assert created[table][0] == created[table][1], f"drill 8: {table} created_at <= T differ: {created[table]}"
-    assert orphans == 0, line
-    assert run_rows > 0, "drill 8: no row of this run before T restored (T too early?)"
-    assert later > 0, "drill 8: nothing committed after T on the live cluster (the restore proves nothing)"
+                  last_replayed_commit=replayed_to, **pitrcheck.summary(figs), scratch_settings=scratch_settings)
+    assert not pitrcheck.problems(figs), f"drill 8: {pitrcheck.problems(figs)}; {line}"
     assert scratch_settings == {"archive_mode": "off", "listen_addresses": "localhost"}, scratch_settings
 
 
