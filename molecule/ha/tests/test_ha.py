@@ -517,6 +517,61 @@ def test_pitr_after_a_switchover_into_a_scratch_cluster(loadgen):
     wait_for("the old primary to stream from the new one", lambda: healthy(cluster()), 120, every=2)
 
 
+def test_whole_cluster_restored_into_place_to_a_time(loadgen):
+    """A rollback of the whole cluster (playbooks/restore.yml into place, to T): refused without
+    pgbackrest_restore_overwrite_running; with it, Patroni is stopped everywhere, the cluster
+    removed from etcd, the replica restored and adopted as the new primary, the old primary
+    emptied and cloned from it. Afterwards: exactly the rows committed by T, on both nodes, a
+    healthy cluster on a new timeline, archiving from it, and the gateways logging into it."""
+    tag = f"ha-rollback-{secrets.token_hex(3)}"
+    before = cluster()
+    old = leader(before)
+    assert old and healthy(before), before
+    target = next(m["name"] for m in before["members"] if m is not old)
+    calls = finish_load(start_load(tag, duration=10, count=40), limit=120)
+    settle(tag, calls)
+    T = psql(old["name"], "SELECT clock_timestamp()::text", db="postgres")[0][0]
+    calls += finish_load(start_load(tag, duration=5, count=20), limit=120)  # rows after T: rolled back
+    wal_after = psql(old["name"], "SELECT pg_walfile_name(pg_current_wal_lsn())", db="postgres")[0][0]
+    wait_for(f"WAL segment {wal_after} archived", lambda: psql(
+        old["name"], "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver", db="postgres")[0][0] >= wal_after,
+        timeout=2 * ARCHIVE_TIMEOUT + 60, every=2)
+    committed = pitrcheck.COMMITTED_BY.format(t=f"'{T}'::timestamptz")
+    want = {t: psql(old["name"], pitrcheck.IDS.format(table=t, where=committed))[0] for t in pitrcheck.TABLES}
+    after_t = int(psql(old["name"], f"SELECT count(*) FROM requests WHERE NOT {committed}")[0][0])
+    assert after_t > 0, "nothing committed after T: the rollback would prove nothing"
+
+    extra = {"pgbackrest_restore_into": "place", "pgbackrest_restore_target_time": T, "pgbackrest_restore_host": target}
+    rc, out = run_playbook("playbooks/restore.yml", "-e", json.dumps(extra), timeout=600)
+    assert rc != 0 and "under Patroni" in out and "pgbackrest_restore_overwrite_running=true" in out, out[-3000:]
+    assert all(bedlib.play_recap(out, h)["changed"] == 0 for h in DBS + [REPO]), out[-3000:]
+    assert healthy(cluster()) and leader(cluster())["name"] == old["name"]
+
+    t0 = time.time()
+    rc, out = run_playbook("playbooks/restore.yml", "-e", json.dumps({**extra, "pgbackrest_restore_overwrite_running": True}),
+                           timeout=1200)
+    restore_s = round(time.time() - t0, 1)
+    assert rc == 0, f"restore.yml into place failed:\n{out[-5000:]}"
+    after = cluster()
+    new = leader(after)
+    got = {node: {t: psql(node, pitrcheck.IDS.format(table=t, where="true"))[0] for t in pitrcheck.TABLES}
+           for node in DBS}
+    smoke = f"ha-after-rollback-{secrets.token_hex(3)}"
+    smoke_calls = finish_load(start_load(smoke, duration=5, count=10, rate=2), limit=120)
+    _, smoke_f = settle(smoke, smoke_calls)
+    line = record({"drill": "ha-rollback", "tag": tag, "T": T, "restore_playbook_s": restore_s,
+                   "timeline": [old["timeline"], new["timeline"] if new else None],
+                   "new_primary": new["name"] if new else None, "rows_committed_by_T": want,
+                   "rows_after_T_rolled_back": after_t, "rows_on_each_node": got,
+                   "logged_after": {k: smoke_f[k] for k in ("answered", "lost", "duplicated")}})
+    assert new and new["name"] == target and new["timeline"] > old["timeline"], line
+    assert healthy(after), after
+    assert all(got[node] == want for node in DBS), line
+    assert smoke_f["answered"] == 10 and smoke_f["lost"] == 0 and smoke_f["duplicated"] == 0, line
+    assert pgbackrest("check").returncode == 0
+    assert sh(target, "systemctl is-enabled postgresql@17-main.service", check=False).stdout.strip() == "masked"
+
+
 def wait_for_leader(timeout: float = 60) -> dict:
     found: list[dict] = []
     wait_for("a primary", lambda: bool(found.append(leader(cluster())) or found[-1]), timeout, every=1)
