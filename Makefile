@@ -31,6 +31,10 @@ export PATH := $(VENV)/bin:$(PATH)
 bed_env = PGLOG_BED=$(1) PGLOG_SUBNET=$(2) PGLOG_LAB_DIR=$(CURDIR)/.lab/$(1) \
 	MOLECULE_EPHEMERAL_DIRECTORY=$(CURDIR)/.lab/$(1)/molecule
 
+# The test runs end, when they fail, with a recap of the failed tasks and tests:
+# CI keeps only the tail of the output, which is otherwise molecule's destroy step.
+RECAP := scripts/with-recap.sh
+
 .PHONY: help setup venvs image lint unit molecule test test-beds test-ha test-resilience demo demo-down bed-login
 
 help: ## this list
@@ -64,7 +68,7 @@ unit: ## host-side tests of the logging package and the validate scripts (tests/
 	$(VENV_DEV)/bin/pytest
 
 molecule: ## full molecule test of the two-host bed (scenario default)
-	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule test -s default
+	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) $(RECAP) molecule test -s default
 
 test: lint unit test-beds ## everything CI runs
 
@@ -72,15 +76,15 @@ test: lint unit test-beds ## everything CI runs
 # scenario leaves behind after its verify (its tests repair what they break):
 # they run on that bed instead of converging a second one (~8 min saved).
 test-beds: ## scenario default, then the resilience drills on the same bed, then destroy
-	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule test -s default --destroy never
-	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule verify -s resilience
+	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) $(RECAP) molecule test -s default --destroy never
+	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) $(RECAP) molecule verify -s resilience
 	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule destroy -s default
 
 test-ha: ## the HA topology (Patroni + etcd, three containers): converge, idempotence, verify, destroy
-	$(call bed_env,$(HA_BED),$(HA_SUBNET)) molecule test -s ha
+	$(call bed_env,$(HA_BED),$(HA_SUBNET)) $(RECAP) molecule test -s ha
 
 test-resilience: ## fault drills alone, on their own bed (scenario resilience)
-	$(call bed_env,$(RESILIENCE_BED),$(RESILIENCE_SUBNET)) molecule test -s resilience
+	$(call bed_env,$(RESILIENCE_BED),$(RESILIENCE_SUBNET)) $(RECAP) molecule test -s resilience
 
 bed-%: ## molecule create|prepare|syntax|converge|idempotence|verify|destroy|test of bed PGLOG_BED
 	$(call bed_env,$(PGLOG_BED),$(PGLOG_SUBNET)) molecule $* -s default
