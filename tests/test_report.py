@@ -20,6 +20,7 @@ from litellm_pglog.insert import insert_batch
 from litellm_pglog.config import Settings
 from litellm_pglog.engine import make_engine
 from pgcluster import DB
+from sqlalchemy import text
 
 HOUR = 3600.0
 
@@ -249,6 +250,24 @@ def test_report_reads_the_rollup_not_the_raw_tables(engine, rollup_db):
             cur.execute("REVOKE ALL ON SCHEMA public FROM pglog_rollup_only")
             cur.execute(f"REVOKE ALL ON DATABASE {DB} FROM pglog_rollup_only")
             cur.execute("DROP ROLE pglog_rollup_only")
+
+
+def test_the_report_runs_without_jit_and_leaves_the_session_setting_alone(engine, rollup_db):
+    """A 30-day report grouped by user is estimated far above jit_above_cost, and PostgreSQL
+    compiled it with LLVM: 50-100 ms of a ~200 ms report at 500,000 pairs (FINDINGS, issue 14).
+    The report turns JIT off for its own transaction only (SET LOCAL)."""
+    from litellm_pglog import report
+
+    insert_batch(engine, [row(1, time.time() - HOUR)])
+    refresh(rollup_db)
+    with engine.connect() as conn:
+        conn.execute(text("SET jit = on"))
+        conn.commit()
+        cols, rows = report.usage(conn, report.parse_since("30d"), "user")
+        assert [r[cols.index("calls")] for r in rows] == [1]
+        assert conn.execute(text("SHOW jit")).scalar() == "off"  # the report's transaction
+        conn.commit()
+        assert conn.execute(text("SHOW jit")).scalar() == "on"  # the session's own setting again
 
 
 @pytest.mark.parametrize("since", ["", "7", "0d", "1y", "-3d"])

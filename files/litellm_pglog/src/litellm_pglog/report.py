@@ -72,7 +72,8 @@ def usage(conn: Connection, since: dt.timedelta, by: str) -> tuple[list[str], li
     each row's arrays: 25 % slower at 25,000 rows); the sign is applied inside the aggregate (as
     a projection above the ProjectSet it cost another 10 %). Every dimension is a NOT NULL
     column of the rollup, so totals and quantiles join on plain equality: a hash join (IS NOT
-    DISTINCT FROM made it a nested loop, 500 x 500 groups by user)."""
+    DISTINCT FROM made it a nested loop, 500 x 500 groups by user). Runs with JIT off (SET LOCAL:
+    until the caller's transaction ends)."""
     if by not in DIMENSIONS:
         raise ValueError(f"--by {by!r}: one of {', '.join(DIMENSIONS)}")
     start = conn.execute(text("SELECT date_trunc('hour', now() - :since, 'UTC')"), {"since": since}).scalar()
@@ -84,6 +85,10 @@ def usage(conn: Connection, since: dt.timedelta, by: str) -> tuple[list[str], li
         selects.append(f"SELECT {dim[level]} AS g, {sign} AS sgn, {_COLUMNS} FROM {table} WHERE {bound}")
         params.update({f"lo{i}": lo, f"hi{i}": hi})
     order = "1" if by in ("day", "hour") else "cost_usd DESC, calls DESC, 1"
+    # The planner estimates the unnested buckets far above jit_above_cost, and LLVM compiled the
+    # query on every run: 50-100 ms of a ~200 ms 30-day report by user at 500,000 pairs, for
+    # work of milliseconds per row. Off for this transaction only, as the rollup functions are.
+    conn.execute(text("SET LOCAL jit = off"))
     result = conn.execute(text(f"""
         WITH win AS ({" UNION ALL ".join(selects)}),
         totals AS (
