@@ -5,6 +5,11 @@
 # The exit code is the command's.
 set -uo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
+# Behind the pipe molecule and ansible no longer see a terminal: keep their colours where the
+# caller has one (CI writes to a file and gets none, as before).
+if [[ -t 1 ]]; then
+  export PY_COLORS=1 ANSIBLE_FORCE_COLOR=1
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 "$@" 2>&1 | tee "$log"
