@@ -44,3 +44,19 @@ def test_every_package_install_rides_out_a_passing_mirror_failure():
                 missing.append(f"{task_file.relative_to(ROOT)}: {task['name']}")
     assert seen >= 10, seen  # the search finds the installs at all
     assert not missing, missing
+
+
+def test_stanza_create_waits_out_a_moment_without_a_primary():
+    """CI's HA converge (2026-12-04, twice; then on the pre-check bed, journal read live): etcd lost
+    quorum for ~20 s under the machine's disk stalls ("leader failed to send out heartbeat on time
+    ... slow disk", "stepped down to follower since quorum is not active"), Patroni demoted the
+    primary ("DCS is not accessible and I was a leader") and promoted it again 47 s later; a
+    stanza-create in between failed with pgBackRest's error 56 ("unable to find primary cluster").
+    The task retries that error alone, for longer than Patroni takes to elect a leader (ttl +
+    loop_wait = 25 s with the role's defaults); other errors still fail at once."""
+    import yaml
+
+    tasks = yaml.safe_load((ROOT / "roles/pgbackrest/tasks/stanza.yml").read_text())
+    create = next(t for t in tasks if t["name"] == "Create the stanza")
+    assert create["until"] == f"{create['register']}.rc | default(0) != 56"
+    assert int(create["retries"]) * int(create["delay"]) >= 25 + 5
