@@ -17,7 +17,7 @@ import time
 import sqlalchemy
 from _rig import load_avg, migrated_cluster, percentile
 from pgcluster import OWNER, OWNER_PW  # noqa: E402  (_rig put tests/ on the path)
-from reports_at_scale import BIG_DAY, CHUNK, DAYS, FILL, FILL_RESPONSES, PARTITIONS
+from reports_at_scale import fill
 from litellm_pglog import report
 from litellm_pglog.config import Settings
 from litellm_pglog.engine import make_engine
@@ -26,21 +26,13 @@ from sqlalchemy import text
 CASES = (("user", "30d"), ("key", "30d"), ("day", "30d"), ("user", "7d"))
 
 
-def fill(engine, n):
-    big = min(BIG_DAY, n // 5)
-    with engine.begin() as conn:
-        conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
-        conn.execute(text(PARTITIONS.replace(":days", str(DAYS))))
-    for lo in range(1, n + 1, CHUNK):
-        hi = min(n, lo + CHUNK - 1)
-        with engine.begin() as conn:
-            conn.execute(text(FILL.replace(":days", str(DAYS))), {"lo": lo, "hi": hi, "big": big, "n": n})
-            conn.execute(text(FILL_RESPONSES), {"lo": lo, "hi": hi})
+def fill_and_roll_up(engine, n):
+    fill(engine, n)
     with engine.connect() as conn:
         report.refresh(conn, lag_s=0)
         conn.commit()
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE"))
+        conn.execute(text("VACUUM ANALYZE usage_hourly, usage_daily_rollup"))
 
 
 def report_sql(engine, by, since):
@@ -64,7 +56,7 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 500_000, runs=int(sys.argv
     try:
         engine = make_engine(Settings.from_env(cluster.env(OWNER, OWNER_PW)), log_connect=False)
         sqlalchemy.event.listen(engine, "connect", lambda dbapi, _: dbapi.cursor().execute("SET statement_timeout = 0"))
-        fill(engine, n)
+        fill_and_roll_up(engine, n)
         out = {"bench": "report_jit_ab", "pairs": n, "runs_each": runs, "load_avg_start": load_avg(), "cases": {}}
         with engine.connect() as conn:
             out["postgresql"] = conn.execute(text("SHOW server_version")).scalar()

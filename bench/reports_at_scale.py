@@ -112,6 +112,22 @@ def sizes(conn, parent, pairs):
     return {"table_mb_per_million": round(int(heap) * per / 2**20), "index_mb_per_million": round(int(idx) * per / 2**20)}
 
 
+def fill(engine, n):
+    """The day partitions, n pairs in CHUNK-sized transactions (the oldest day gets
+    min(BIG_DAY, n // 5) of them), then VACUUM ANALYZE. Shared with bench/report_jit_ab.py."""
+    big = min(BIG_DAY, n // 5)
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
+        conn.execute(text(PARTITIONS.replace(":days", str(DAYS))))
+    for lo in range(1, n + 1, CHUNK):
+        hi = min(n, lo + CHUNK - 1)
+        with engine.begin() as conn:
+            conn.execute(text(FILL.replace(":days", str(DAYS))), {"lo": lo, "hi": hi, "big": big, "n": n})
+            conn.execute(text(FILL_RESPONSES), {"lo": lo, "hi": hi})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+
+
 def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 5_000_000):
     import sqlalchemy
 
@@ -128,16 +144,7 @@ def main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 5_000_000):
         # the package's 30 s statement timeout is for the writer; loading millions of rows takes longer
         sqlalchemy.event.listen(engine, "connect", lambda dbapi, _: dbapi.cursor().execute("SET statement_timeout = 0"))
         t0 = time.monotonic()
-        with engine.begin() as conn:
-            conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
-            conn.execute(text(PARTITIONS.replace(":days", str(DAYS))))
-        for lo in range(1, n + 1, CHUNK):
-            hi = min(n, lo + CHUNK - 1)
-            with engine.begin() as conn:
-                conn.execute(text(FILL.replace(":days", str(DAYS))), {"lo": lo, "hi": hi, "big": big, "n": n})
-                conn.execute(text(FILL_RESPONSES), {"lo": lo, "hi": hi})
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE"))
+        fill(engine, n)
         fill_s = time.monotonic() - t0
         load0 = load_avg()
         out = {"bench": "reports_at_scale", "pairs": n, "days": DAYS, "pairs_oldest_day": big,
